@@ -1,0 +1,20 @@
+"""What runs on a model: samplers, the ``infer`` entry point, and ArviZ output.
+
+Example:
+    >>> import jax, numpyro, numpyro.distributions as dist, inference
+    >>> def model(y=None):
+    ...     mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    ...     numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> r = inference.infer(model, y=1.0, method=inference.NUTS(), num_samples=200,
+    ...                     num_warmup=200, num_chains=2, progress=False)
+    >>> sorted(r.samples)
+    ['mu']
+"""
+
+from inference.arviz_data import from_groups
+from inference.infer import METHODS, infer
+from inference.initialization import initial_positions
+from inference.nuts import NUTS
+from inference.result import Result
+
+__all__ = ["infer", "Result", "NUTS", "METHODS", "initial_positions", "from_groups"]

@@ -1,0 +1,158 @@
+"""One entry point: a model, its data, a method object -> posterior draws as a ``Result``."""
+
+from __future__ import annotations
+
+import numbers
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from inference.initialization import initial_positions
+from inference.nuts import NUTS
+from inference.progress import ProgressBar
+from inference.result import Result
+from ppl.errors import ModelError
+from ppl.potential import potential as make_potential
+from ppl.tracing import discrete_latent_sites, latent_sites, model_name, omitted_data_arguments, trace_model
+
+#: Method classes shipped with the library (used to say what fits in error messages).
+METHODS: tuple[type, ...] = (NUTS,)
+
+
+def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or value < (0 if allow_zero else 1):
+        need = "a non-negative int" if allow_zero else "a positive int"
+        raise ValueError(f"{name} must be {need}; got {value!r} ({type(value).__name__}).")
+    return int(value)
+
+
+def _as_key(key: Any) -> jax.Array:
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if isinstance(key, jax.Array) and key.shape == (2,) and key.dtype == jnp.uint32:
+        return jax.random.wrap_key_data(key)
+    raise TypeError(f"key must be a jax.random.key(...) or an int seed; got {key!r}.")
+
+
+def _check_method(method: Any) -> Any:
+    if callable(getattr(method, "build", None)):
+        return method
+    names = ", ".join(f"inference.{m.__name__}()" for m in METHODS)
+    raise TypeError(
+        f"method must be a method object such as {names}; got {method!r} "
+        f"({type(method).__name__})."
+    )
+
+
+def infer(
+    model: Callable,
+    *args: Any,
+    method: Any = None,
+    num_samples: int = 1000,
+    num_warmup: int = 1000,
+    num_chains: int = 4,
+    key: jax.Array | int | None = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> Result:
+    """Draw from the posterior of ``model(*args, **kwargs)`` with ``method``.
+
+    Args:
+        model: a NumPyro model function; observed sites are conditioned on the data passed.
+        *args, **kwargs: the model's arguments (data).
+        method: a method object; default ``inference.NUTS()``.
+        num_samples, num_warmup: draws kept per chain, and warmup (adaptation) steps.
+        num_chains: independent chains, run with ``jax.vmap`` in one compiled program.
+        key: ``jax.random.key(...)`` or an int seed; the same key gives the same draws.
+        progress: show a progress bar (updated a few times per run, not every step).
+
+    Returns:
+        A :class:`Result` with ``samples`` of shape (chains, draws, *site_shape) for every
+        latent and deterministic site, ``stats`` under ArviZ's names, ``summary()`` and
+        ``to_arviz()``.
+
+    Example:
+        >>> import jax, numpyro, numpyro.distributions as dist, inference
+        >>> def model(y=None):
+        ...     mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+        ...     with numpyro.plate("data", 3):
+        ...         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> r = inference.infer(model, y=jax.numpy.array([1.0, 2.0, 3.0]),
+        ...                     num_samples=300, num_warmup=300, progress=False)
+        >>> r.samples["mu"].shape
+        (4, 300)
+    """
+    method = NUTS() if method is None else _check_method(method)
+    num_samples = _positive_int("num_samples", num_samples)
+    num_warmup = _positive_int("num_warmup", num_warmup, allow_zero=True)
+    num_chains = _positive_int("num_chains", num_chains)
+    key = _as_key(key)
+
+    trace = trace_model(model, *args, **kwargs)
+    omitted = omitted_data_arguments(model, args, kwargs)
+    became_latent = sorted(omitted & set(latent_sites(trace)))
+    if became_latent:
+        raise ModelError(
+            f"model {model_name(model)}: data argument(s) {became_latent} were not given, so "
+            f"site(s) {became_latent} would be sampled as latent variables instead of being "
+            f"observed; shapes expected: "
+            + ", ".join(f"'{n}' {tuple(trace[n]['fn'].shape())}" for n in became_latent)
+            + ". Pass the data, or pass None explicitly to sample them from the model."
+        )
+    discrete = discrete_latent_sites(trace)
+    if discrete and not getattr(method, "handles_discrete", False):
+        details = ", ".join(f"'{n}' ({type(trace[n]['fn']).__name__})" for n in discrete)
+        capable = [m.__name__ for m in METHODS if getattr(m, "handles_discrete", False)]
+        raise ModelError(
+            f"model {model_name(model)} has discrete latent site(s) {details}, which "
+            f"{type(method).__name__} cannot sample: it moves by gradients. Marginalise the "
+            "site out in the model (sum over its values with jax.nn.logsumexp and add the "
+            "result with numpyro.factor), or use a method that handles discrete sites: "
+            + (", ".join(capable) + ", or " if capable else "")
+            + "NumPyro's DiscreteHMCGibbs / MixedHMC."
+        )
+
+    pot = make_potential(model, *args, **kwargs)
+    init_key, run_key = jax.random.split(key)
+    positions = initial_positions(pot, init_key, num_chains)
+
+    bar = ProgressBar(
+        num_warmup + num_samples,
+        desc=type(method).__name__,
+        enabled=progress,
+        phases=[("warmup", num_warmup), ("sample", num_samples)],
+    )
+    run = method.build(pot.logdensity_fn, num_warmup, num_samples, bar)
+    t0 = time.perf_counter()
+    compiled = jax.jit(run).lower(run_key, positions).compile()
+    t1 = time.perf_counter()
+    try:
+        draws, stats, tuning = jax.block_until_ready(compiled(run_key, positions))
+    finally:
+        bar.close()
+    t2 = time.perf_counter()
+    samples = jax.jit(jax.vmap(jax.vmap(pot.to_constrained)))(draws)
+    observed = {
+        name: site["value"]
+        for name, site in trace.items()
+        if site["type"] == "sample" and site["is_observed"] and not name.startswith("_")
+        and site["fn"].__class__.__name__ != "Unit"
+    }
+    return Result(
+        samples=dict(samples),
+        stats=stats,
+        method=method,
+        observed=observed,
+        tuning=tuning,
+        timing={"compile": t1 - t0, "run": t2 - t1},
+        model=model,
+        model_args=tuple(args),
+        model_kwargs=dict(kwargs),
+    )

@@ -1,0 +1,36 @@
+"""The language: NumPyro models, their densities, and (soon) objective programs.
+
+Models are plain NumPyro functions. ``ppl`` re-exports NumPyro's primitives, so
+``ppl.sample is numpyro.sample`` and an existing model runs unchanged.
+
+Example:
+    >>> import jax, ppl
+    >>> import numpyro.distributions as dist
+    >>> def model(y=None):
+    ...     mu = ppl.sample("mu", dist.Normal(0.0, 1.0))
+    ...     ppl.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> float(ppl.log_density(model, {"mu": 0.0}, y=0.0))  # doctest: +ELLIPSIS
+    -1.837...
+"""
+
+from numpyro import deterministic, factor, param, plate, sample
+
+from ppl.density import log_density, site_log_densities
+from ppl.errors import ModelError
+from ppl.potential import Potential, potential
+from ppl.tracing import latent_sites, trace_model
+
+__all__ = [
+    "sample",
+    "param",
+    "plate",
+    "deterministic",
+    "factor",
+    "log_density",
+    "site_log_densities",
+    "potential",
+    "Potential",
+    "trace_model",
+    "latent_sites",
+    "ModelError",
+]
