@@ -14,6 +14,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 from numpyro import handlers
+from numpyro.infer.initialization import init_to_uniform
 from numpyro.primitives import Messenger
 
 from ppl.errors import ModelError
@@ -122,7 +123,10 @@ def trace_model(
     key = jax.random.key(0) if key is None else key
     tracker = _LastSite()
     try:
-        with handlers.trace() as trace, handlers.seed(rng_seed=key), tracker:
+        # Latent values come from NumPyro's init_to_uniform rule rather than the prior, so
+        # models with improper priors (ImproperUniform) trace too.
+        with handlers.trace() as trace, handlers.substitute(substitute_fn=init_to_uniform), \
+                handlers.seed(rng_seed=key), tracker:
             model(*args, **kwargs)
     except ModelError:
         raise

@@ -1,0 +1,9 @@
+"""Ready-made NumPyro models.
+
+`models.posteriordb` holds twelve posteriors from the posteriordb project (model plus
+data), six of them with Stan reference summaries used to check our samplers.
+"""
+
+from . import posteriordb
+
+__all__ = ["posteriordb"]
