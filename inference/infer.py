@@ -9,7 +9,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from inference.initialization import initial_positions
+from inference.initialization import candidate_positions, raise_no_valid_initial, select_initial
 from inference.nuts import NUTS
 from inference.progress import ProgressBar
 from inference.result import Result
@@ -121,7 +121,7 @@ def infer(
 
     pot = make_potential(model, *args, **kwargs)
     init_key, run_key = jax.random.split(key)
-    positions = initial_positions(pot, init_key, num_chains)
+    candidates = candidate_positions(pot, init_key, num_chains)
 
     bar = ProgressBar(
         num_warmup + num_samples,
@@ -130,15 +130,32 @@ def infer(
         phases=[("warmup", num_warmup), ("sample", num_samples)],
     )
     run = method.build(pot.logdensity_fn, num_warmup, num_samples, bar)
+
+    def program(key, candidates):
+        # One compiled program: pick initial points, run the method, constrain the draws.
+        # If some chain has no valid initial point, the method is skipped (lax.cond) and
+        # the host raises an error naming the sites.
+        positions, found = select_initial(pot.logdensity_fn, candidates)
+
+        def sample(positions):
+            draws, stats, tuning = run(key, positions)
+            return jax.vmap(jax.vmap(pot.to_constrained))(draws), stats, tuning
+
+        skipped = jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sample, positions)
+        )
+        return jax.lax.cond(jnp.all(found), sample, lambda _: skipped, positions), found
+
     t0 = time.perf_counter()
-    compiled = jax.jit(run).lower(run_key, positions).compile()
+    compiled = jax.jit(program).lower(run_key, candidates).compile()
     t1 = time.perf_counter()
     try:
-        draws, stats, tuning = jax.block_until_ready(compiled(run_key, positions))
+        (samples, stats, tuning), found = jax.block_until_ready(compiled(run_key, candidates))
     finally:
         bar.close()
     t2 = time.perf_counter()
-    samples = jax.jit(jax.vmap(jax.vmap(pot.to_constrained)))(draws)
+    if not bool(jnp.all(found)):
+        raise_no_valid_initial(pot, candidates, found)
     observed = {
         name: site["value"]
         for name, site in trace.items()

@@ -1,6 +1,14 @@
-"""Initial positions for chains: random points where the log density and its gradient are finite."""
+"""Initial positions for chains: random points where the log density and its gradient are finite.
+
+Stan's rule: draw each unconstrained coordinate uniformly in ``[-radius, radius]`` and
+retry (up to ``tries`` times) until the log density and its gradient are finite. The
+candidates are drawn on the host side of the program (cheap, no compilation), and the
+selection is a traced function, so ``infer`` runs it inside its one compiled program.
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +18,79 @@ from ppl.potential import Position, Potential
 from ppl.tracing import model_name
 
 
-def _is_valid(potential: Potential, position: Position) -> jax.Array:
-    value, grad = jax.value_and_grad(potential.logdensity_fn)(position)
-    finite_grad = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grad)] or [True]))
-    return jnp.isfinite(value) & finite_grad
+def candidate_positions(
+    potential: Potential, key: jax.Array, num_chains: int, tries: int = 100, radius: float = 2.0
+) -> Position:
+    """Uniform candidates in ``[-radius, radius]``, shape (num_chains, tries, *site_shape) per site.
+
+    Example:
+        >>> import jax, numpyro.distributions as dist, ppl
+        >>> def model():
+        ...     ppl.sample("x", dist.Normal(0.0, 1.0).expand([3]))
+        >>> candidate_positions(ppl.potential(model), jax.random.key(0), 4, tries=5)["x"].shape
+        (4, 5, 3)
+    """
+    keys = jax.random.split(key, max(len(potential.sites), 1))
+    return {
+        name: jax.random.uniform(k, (num_chains, tries) + shape, minval=-radius, maxval=radius)
+        for k, (name, shape) in zip(keys, potential.sites.items())
+    }
+
+
+def _is_valid(logdensity_fn: Callable, position: Position) -> jax.Array:
+    value, grad = jax.value_and_grad(logdensity_fn)(position)
+    ok = jnp.isfinite(value)
+    for g in jax.tree.leaves(grad):
+        ok = ok & jnp.all(jnp.isfinite(g))
+    return ok
+
+
+def select_initial(logdensity_fn: Callable, candidates: Position) -> tuple[Position, jax.Array]:
+    """First candidate per chain with a finite log density and gradient (traceable).
+
+    Tries are evaluated one at a time for all chains and the loop stops as soon as every
+    chain has a valid point, so a well-behaved model costs one gradient per chain.
+    Returns ``(positions, found)`` with ``found[c]`` False where chain ``c`` has none.
+    """
+    leaves = jax.tree.leaves(candidates)
+    num_chains, tries = leaves[0].shape[:2]
+    at = lambda t: jax.tree.map(lambda x: x[:, t], candidates)  # noqa: E731
+    check = jax.vmap(lambda p: _is_valid(logdensity_fn, p))
+
+    def cond(carry):
+        t, _, found = carry
+        return (t < tries) & ~jnp.all(found)
+
+    def body(carry):
+        t, chosen, found = carry
+        ok = check(at(t)) & ~found
+        chosen = jax.tree.map(
+            lambda c, x: jnp.where(ok.reshape((-1,) + (1,) * (c.ndim - 1)), x, c), chosen, at(t)
+        )
+        return t + 1, chosen, found | ok
+
+    init = (jnp.zeros((), jnp.int32), at(0), jnp.zeros((num_chains,), bool))
+    _, chosen, found = jax.lax.while_loop(cond, body, init)
+    return chosen, found
+
+
+def raise_no_valid_initial(
+    potential: Potential, candidates: Position, found: jax.Array, radius: float = 2.0
+) -> None:
+    """Raise a :class:`ModelError` naming the sites that were not finite for a failed chain."""
+    chain = int(jnp.argmin(found))
+    tries = jax.tree.leaves(candidates)[0].shape[1]
+    bad: list[str] = []
+    for t in range(min(tries, 5)):
+        point = jax.tree.map(lambda x: x[chain, t], candidates)
+        bad.extend(s for s in potential.nonfinite_sites(point) if s not in bad)
+    raise ModelError(
+        f"model {model_name(potential.model)}: no finite initial log density in {tries} "
+        f"random points (uniform in [-{radius}, {radius}] on the unconstrained scale) for "
+        f"chain {chain}. Sites whose log density was not finite: {bad or 'none found'}. "
+        "Check those sites' data and parameters (e.g. a scale that can reach 0, data "
+        "outside the support), or pass a smaller radius."
+    )
 
 
 def initial_positions(
@@ -26,9 +103,8 @@ def initial_positions(
 ) -> Position:
     """One valid unconstrained starting point per chain (leading axis ``num_chains``).
 
-    Each chain draws uniform points in ``[-radius, radius]`` (Stan's rule) until the log
-    density and its gradient are finite, up to ``tries`` points. If a chain finds none,
-    the error names the sites whose log density was not finite at the points tried.
+    If a chain finds none in ``tries`` points, the error names the sites whose log
+    density was not finite there.
 
     Example:
         >>> import jax, numpyro.distributions as dist, ppl
@@ -38,33 +114,8 @@ def initial_positions(
         >>> x0["x"].shape
         (4,)
     """
-    chain_keys = jax.random.split(key, num_chains)
-    # One draw per (chain, try); most models accept the first, so evaluate the first try
-    # for all chains and only fall back to the full set of tries when needed.
-    try_keys = jax.vmap(lambda k: jax.random.split(k, tries))(chain_keys)
-
-    @jax.jit
-    def draw_and_check(keys):
-        points = jax.vmap(jax.vmap(lambda k: potential.init_position(k, radius)))(keys)
-        return points, jax.vmap(jax.vmap(lambda p: _is_valid(potential, p)))(points)
-
-    first, ok = draw_and_check(try_keys[:, :1])
-    if bool(jnp.all(ok)):
-        return jax.tree.map(lambda x: x[:, 0], first)
-    candidates, ok = draw_and_check(try_keys)
-    has_valid = jnp.any(ok, axis=1)
-    if not bool(jnp.all(has_valid)):
-        chain = int(jnp.argmin(has_valid))
-        bad: list[str] = []
-        for t in range(min(tries, 5)):
-            point = jax.tree.map(lambda x: x[chain, t], candidates)
-            bad.extend(s for s in potential.nonfinite_sites(point) if s not in bad)
-        raise ModelError(
-            f"model {model_name(potential.model)}: no finite initial log density in {tries} "
-            f"random points (uniform in [-{radius}, {radius}] on the unconstrained scale) for "
-            f"chain {chain}. Sites whose log density was not finite: {bad or 'none found'}. "
-            "Check those sites' data and parameters (e.g. a scale that can reach 0, data "
-            "outside the support), or pass a smaller radius."
-        )
-    first_valid = jnp.argmax(ok, axis=1)
-    return jax.tree.map(lambda x: x[jnp.arange(num_chains), first_valid], candidates)
+    candidates = candidate_positions(potential, key, num_chains, tries, radius)
+    positions, found = jax.jit(select_initial, static_argnums=0)(potential.logdensity_fn, candidates)
+    if not bool(jnp.all(found)):
+        raise_no_valid_initial(potential, candidates, found, radius)
+    return positions

@@ -8,6 +8,7 @@ from typing import Callable, ClassVar, NamedTuple
 import blackjax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from blackjax.adaptation.mass_matrix import mass_matrix_adaptation
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 from blackjax.adaptation.window_adaptation import build_schedule
@@ -77,13 +78,15 @@ class NUTS:
         step = jax.vmap(one_step)
         mm_init, mm_update, mm_final = mass_matrix_adaptation(not self.dense_mass)
         da_init, da_update, da_final = dual_averaging_adaptation(self.target_accept_prob)
-        schedule = build_schedule(num_warmup) if num_warmup > 0 else []
+        # build_schedule gives a (W, 2) array; convert it on the host in one go (a Python
+        # loop over it would dispatch ~W tiny device ops on every call).
+        schedule = np.asarray(build_schedule(num_warmup)) if num_warmup > 0 else np.zeros((0, 2))
         init_step_size = float(self.init_step_size)
 
         W, S = num_warmup, num_samples
         # Warmup schedule, padded so that it can be indexed at any step (unused after W).
-        stage = jnp.array([s for s, _ in schedule] + [0], dtype=jnp.int32)
-        window_end = jnp.array([e for _, e in schedule] + [False], dtype=bool)
+        stage = jnp.asarray(np.append(schedule[:, 0], 0).astype(np.int32))
+        window_end = jnp.asarray(np.append(schedule[:, 1], 0).astype(bool))
 
         def adapt(w: _Warmup, t, position, acceptance_rate) -> _Warmup:
             da = jax.vmap(da_update)(w.da, acceptance_rate)

@@ -1,0 +1,1 @@
+"""Benchmarks of our samplers against NumPyro's: ``python bench/run.py <suite>``."""

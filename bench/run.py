@@ -1,0 +1,354 @@
+"""Side-by-side benchmarks of our samplers and NumPyro's, in one process.
+
+Usage (from the repository root)::
+
+    python bench/run.py nuts          # JSON on stdout, also written to bench/results/nuts.json
+    python bench/run.py nuts --reps 1 --num-warmup 200 --num-samples 200   # quick smoke run
+
+Suites are registered in :data:`SUITES` (name -> function returning the JSON record); an
+unknown suite name is an error that lists them. See ``bench/README.md`` for what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# ``python bench/run.py`` puts bench/ first on sys.path, where bench/models.py would shadow
+# the library's ``models`` package; import the benchmark modules as the ``bench`` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(ROOT))
+
+import arviz  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import numpyro  # noqa: E402
+from jax import monitoring  # noqa: E402
+from numpyro.handlers import seed, trace  # noqa: E402
+from numpyro.infer import MCMC  # noqa: E402
+from numpyro.infer import NUTS as NumPyroNUTS  # noqa: E402
+
+import inference  # noqa: E402
+from bench.models import MODELS  # noqa: E402
+
+RESULTS_DIR = HERE / "results"
+
+
+# ---------------------------------------------------------------------------------------
+# clocks
+# ---------------------------------------------------------------------------------------
+
+# JAX reports every tracing to a jaxpr, lowering to MLIR and XLA compilation through
+# jax.monitoring (the same events that ``jax.log_compiles()`` prints).
+_COMPILE_EVENTS = frozenset(
+    {
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    }
+)
+
+
+class CompileClock:
+    """Seconds spent tracing/lowering/compiling inside a ``with`` block, from JAX's own events.
+
+    Spans are merged before summing, so a trace nested in another trace counts once.
+    ``events`` counts the XLA compilations (``backend_compile``) seen.
+    """
+
+    def __init__(self) -> None:
+        self._spans: list[tuple[float, float]] = []
+        self.events = 0
+
+    def _listener(self, event: str, start_time: float, end_time: float, **kwargs: Any) -> None:
+        if event in _COMPILE_EVENTS:
+            self._spans.append((start_time, end_time))
+            if event.endswith("backend_compile_duration"):
+                self.events += 1
+
+    def __enter__(self) -> "CompileClock":
+        monitoring.register_event_time_span_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        monitoring.unregister_event_time_span_listener(self._listener)
+
+    @property
+    def seconds(self) -> float:
+        total, end = 0.0, float("-inf")
+        for s, e in sorted(self._spans):
+            if e <= end:
+                continue
+            total += e - max(s, end)
+            end = e
+        return total
+
+
+# ---------------------------------------------------------------------------------------
+# measurements shared by suites
+# ---------------------------------------------------------------------------------------
+
+
+def latent_site_names(model: Callable, data: dict[str, Any]) -> list[str]:
+    """Names of the sampled (not observed, not deterministic) sites of ``model(**data)``."""
+    tr = trace(seed(model, 0)).get_trace(**data)
+    return [
+        name
+        for name, site in tr.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    ]
+
+
+def min_bulk_ess(samples: dict[str, Any], sites: list[str]) -> tuple[float, dict[str, float]]:
+    """Smallest bulk ESS over all scalar components of ``sites`` (draws (chains, draws, ...)),
+    with ArviZ's rank-normalised bulk ESS; also the minimum per site."""
+    posterior = {name: np.asarray(samples[name]) for name in sites}
+    ess = arviz.ess(arviz.from_dict(posterior=posterior), method="bulk")
+    per_site = {name: float(np.min(ess[name].values)) for name in sites}
+    return min(per_site.values()), per_site
+
+
+def machine_info() -> dict[str, Any]:
+    import blackjax
+    import jaxlib
+
+    return {
+        "jax_devices": [str(d) for d in jax.devices()],
+        "jax_backend": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "python": platform.python_version(),
+        "jax_enable_x64": bool(jax.config.jax_enable_x64),
+        "versions": {
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "numpyro": numpyro.__version__,
+            "blackjax": blackjax.__version__,
+            "arviz": arviz.__version__,
+            "numpy": np.__version__,
+        },
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def _median_summary(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median over repetitions of every numeric entry, plus the raw per-repetition values."""
+    out: dict[str, Any] = {}
+    for k, v in reps[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            values = [r[k] for r in reps]
+            out[k] = statistics.median(values)
+    out["per_rep"] = reps
+    return out
+
+
+def _safe_ratio(a: float, b: float) -> float | None:
+    return None if not b else a / b
+
+
+# ---------------------------------------------------------------------------------------
+# suite: nuts
+# ---------------------------------------------------------------------------------------
+
+
+def _nuts_ours(model, data, sites, key_seed, num_warmup, num_samples, num_chains):
+    clock = CompileClock()
+    t0 = time.perf_counter()
+    with clock:
+        result = inference.infer(
+            model,
+            method=inference.NUTS(),
+            num_samples=num_samples,
+            num_warmup=num_warmup,
+            num_chains=num_chains,
+            key=jax.random.key(key_seed),
+            progress=False,
+            **data,
+        )
+        jax.block_until_ready((result.samples, result.stats))
+    wall = time.perf_counter() - t0
+    stats = {k: np.asarray(v) for k, v in result.stats.items()}
+    ess, ess_per_site = min_bulk_ess(result.samples, sites)
+    run_s = float(result.timing["run"])
+    n_grad = int(stats["n_grad"].sum())
+    return {
+        "key_seed": key_seed,
+        "compile_s": float(result.timing["compile"]),
+        "run_s": run_s,
+        # The same clock as NumPyro's: the whole infer() call minus JAX's compile events
+        # (includes initialisation and constraining of the draws, which "run_s" leaves out).
+        "wall_s": wall,
+        "compile_events_s": clock.seconds,
+        "wall_minus_compile_s": wall - clock.seconds,
+        "xla_compilations": clock.events,
+        "min_bulk_ess": ess,
+        "ess_per_s": ess / run_s,
+        "ess_per_s_wall_minus_compile": ess / (wall - clock.seconds),
+        "n_grad_sampling": n_grad,
+        "ess_per_1000_grad": 1000.0 * ess / n_grad,
+        "divergences": int(stats["diverging"].sum()),
+        "warmup_divergences": int(np.asarray(result.tuning["warmup_divergences"])),
+        "mean_steps_per_draw": float(stats["n_steps"].mean()),
+        "mean_tree_depth": float(stats["tree_depth"].mean()),
+        "mean_accept_prob": float(stats["acceptance_rate"].mean()),
+        "step_size_per_chain": [float(s) for s in np.asarray(result.tuning["step_size"])],
+        "min_bulk_ess_per_site": ess_per_site,
+    }
+
+
+def _nuts_numpyro(mcmc, data, sites, key_seed):
+    # Compile time. NumPyro's MCMC does NOT reuse its compiled program across `.run` calls
+    # (checked with jax.log_compiles(): every run re-traces and re-compiles `_fori_collect_loop`,
+    # because `fori_collect` wraps its body in a fresh `jax.jit` each call, and that wrapper is a
+    # static argument of the jitted loop), so "first run minus second run" would not measure
+    # compilation. Instead we time the whole `run` and subtract the time JAX itself reports
+    # for tracing, lowering and XLA compilation inside it (jax.monitoring events, the ones
+    # behind `jax.log_compiles()`), merged so nested spans count once. We reuse one MCMC
+    # object per model on purpose: `xla_compilations` > 0 on repetitions 2 and 3 records the
+    # recompilation in the output.
+    clock = CompileClock()
+    t0 = time.perf_counter()
+    with clock:
+        mcmc.run(
+            jax.random.PRNGKey(key_seed),
+            extra_fields=("num_steps", "diverging", "accept_prob", "adapt_state.step_size"),
+            **data,
+        )
+        samples = mcmc.get_samples(group_by_chain=True)
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        jax.block_until_ready((samples, extra))
+    wall = time.perf_counter() - t0
+    compile_s = clock.seconds
+    run_s = wall - compile_s
+    ess, ess_per_site = min_bulk_ess(samples, sites)
+    num_steps = np.asarray(extra["num_steps"])
+    n_grad = int(num_steps.sum())
+    step_size = np.asarray(extra["adapt_state.step_size"])
+    return {
+        "key_seed": key_seed,
+        "compile_s": compile_s,
+        "run_s": run_s,
+        "wall_s": wall,
+        "compile_events_s": compile_s,
+        "wall_minus_compile_s": run_s,
+        "xla_compilations": clock.events,
+        "min_bulk_ess": ess,
+        "ess_per_s": ess / run_s,
+        "ess_per_s_wall_minus_compile": ess / run_s,
+        "n_grad_sampling": n_grad,
+        "ess_per_1000_grad": 1000.0 * ess / n_grad,
+        "divergences": int(np.asarray(extra["diverging"]).sum()),
+        "mean_steps_per_draw": float(num_steps.mean()),
+        # NumPyro does not report depth; log2(steps + 1) is the depth of a full tree.
+        "mean_log2_steps_plus_1": float(np.log2(num_steps + 1).mean()),
+        "mean_accept_prob": float(np.asarray(extra["accept_prob"]).mean()),
+        "step_size_per_chain": [float(s) for s in step_size[:, -1]],
+        "min_bulk_ess_per_site": ess_per_site,
+    }
+
+
+def suite_nuts(reps: int = 3, num_warmup: int = 1000, num_samples: int = 1000,
+               num_chains: int = 4, models: list[str] | None = None) -> dict[str, Any]:
+    """Our NUTS vs NumPyro's NUTS (vectorized chains) on the benchmark models."""
+    results = []
+    for name in models or list(MODELS):
+        model, data = MODELS[name]()
+        sites = latent_site_names(model, data)
+        mcmc = MCMC(
+            NumPyroNUTS(model),
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+            chain_method="vectorized",
+            progress_bar=False,
+        )
+        ours_reps, np_reps = [], []
+        for r in range(reps):
+            key_seed = 1000 + r
+            # Alternate the order so that neither library always runs first (warm caches).
+            order = ("ours", "numpyro") if r % 2 == 0 else ("numpyro", "ours")
+            for lib in order:
+                if lib == "ours":
+                    rec = _nuts_ours(model, data, sites, key_seed, num_warmup, num_samples,
+                                     num_chains)
+                    ours_reps.append(rec)
+                else:
+                    rec = _nuts_numpyro(mcmc, data, sites, key_seed)
+                    np_reps.append(rec)
+                print(f"[nuts] {name} rep {r} {lib}: compile {rec['compile_s']:.2f}s "
+                      f"run {rec['run_s']:.2f}s ess {rec['min_bulk_ess']:.0f} "
+                      f"grads {rec['n_grad_sampling']} div {rec['divergences']}",
+                      file=sys.stderr, flush=True)
+        ours, theirs = _median_summary(ours_reps), _median_summary(np_reps)
+        results.append(
+            {
+                "model": name,
+                "latent_sites": sites,
+                "config": {"num_warmup": num_warmup, "num_samples": num_samples,
+                           "num_chains": num_chains, "reps": reps},
+                "ours": ours,
+                "numpyro": theirs,
+                "ratio": {
+                    "ess_per_s": _safe_ratio(ours["ess_per_s"], theirs["ess_per_s"]),
+                    "ess_per_1000_grad": _safe_ratio(ours["ess_per_1000_grad"],
+                                                     theirs["ess_per_1000_grad"]),
+                    "ess_per_s_wall_minus_compile": _safe_ratio(
+                        ours["ess_per_s_wall_minus_compile"],
+                        theirs["ess_per_s_wall_minus_compile"]),
+                    "run_s": _safe_ratio(ours["run_s"], theirs["run_s"]),
+                    "compile_s": _safe_ratio(ours["compile_s"], theirs["compile_s"]),
+                    "compile_events_s": _safe_ratio(ours["compile_events_s"],
+                                                    theirs["compile_events_s"]),
+                },
+            }
+        )
+    return {"suite": "nuts", "machine": machine_info(), "results": results}
+
+
+#: Suite name -> function returning the JSON-able record (keyword arguments from the CLI).
+SUITES: dict[str, Callable[..., dict[str, Any]]] = {
+    "nuts": suite_nuts,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", help="one of: " + ", ".join(SUITES))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--num-warmup", type=int, default=1000)
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--num-chains", type=int, default=4)
+    parser.add_argument("--models", nargs="*", default=None,
+                        help="subset of: " + ", ".join(MODELS))
+    parser.add_argument("--no-save", action="store_true",
+                        help="do not write bench/results/<suite>.json")
+    args = parser.parse_args(argv)
+    if args.suite not in SUITES:
+        parser.error(f"unknown suite {args.suite!r}; available suites: {', '.join(SUITES)}")
+    if args.models:
+        unknown = [m for m in args.models if m not in MODELS]
+        if unknown:
+            parser.error(f"unknown model(s) {unknown}; available: {', '.join(MODELS)}")
+    record = SUITES[args.suite](reps=args.reps, num_warmup=args.num_warmup,
+                                num_samples=args.num_samples, num_chains=args.num_chains,
+                                models=args.models)
+    text = json.dumps(record, indent=2)
+    print(text)
+    if not args.no_save:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / f"{args.suite}.json").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
