@@ -17,6 +17,18 @@ from numpyro import deterministic, factor, param, plate, sample
 
 from ppl.density import log_density, site_log_densities
 from ppl.errors import ModelError
+from ppl.expectation import Expectation, ExpectationError, density, expectation, sim
+from ppl.strategy import (
+    MVD,
+    Enum,
+    GumbelSoftmax,
+    Reinforce,
+    Reparam,
+    StraightThrough,
+    Strategy,
+    StrategyError,
+    strategies,
+)
 from ppl.potential import Potential, potential
 from ppl.tracing import latent_sites, trace_model
 
@@ -33,4 +45,18 @@ __all__ = [
     "trace_model",
     "latent_sites",
     "ModelError",
+    "expectation",
+    "Expectation",
+    "ExpectationError",
+    "sim",
+    "density",
+    "strategies",
+    "Strategy",
+    "StrategyError",
+    "Reparam",
+    "Reinforce",
+    "Enum",
+    "MVD",
+    "StraightThrough",
+    "GumbelSoftmax",
 ]
