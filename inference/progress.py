@@ -72,6 +72,21 @@ def _fmt(value: Any) -> str:
     return f"{float(value):.3g}"
 
 
+def _chunking(length: int, updates: int) -> tuple[int, int]:
+    """``(n_chunks, chunk)`` with ``n_chunks * chunk >= length`` and ``n_chunks`` near ``updates``.
+
+    A divisor of ``length`` between ``updates / 2`` and ``2 * updates`` is preferred (no
+    padding, no per-step guard); otherwise the last chunk is padded.
+    """
+    updates = max(1, min(int(updates), length))
+    for n in sorted(range(max(1, updates // 2), min(length, 2 * updates) + 1),
+                    key=lambda n: abs(n - updates)):
+        if length % n == 0:
+            return n, length // n
+    chunk = -(-length // updates)
+    return -(-length // chunk), chunk
+
+
 def scan(
     body: Callable[[Any, Any], tuple[Any, None]],
     carry: Any,
@@ -100,23 +115,28 @@ def scan(
         extra = postfix_fn(carry) if postfix_fn is not None else {}
         jax.debug.callback(bar.update, done, extra, ordered=True)
 
-    chunk = -(-length // max(1, min(int(updates), length)))  # ceil
-    n_chunks = -(-length // chunk)
+    n_chunks, chunk = _chunking(length, updates)
     padded = n_chunks * chunk
-    # Pad the inputs to whole chunks; padded steps leave the carry untouched.
-    xs = jax.tree.map(
-        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - length, axis=0)]), xs
-    )
-    xs = jax.tree.map(lambda x: x.reshape((n_chunks, chunk) + x.shape[1:]), xs)
+    if padded > length:
+        # Pad the inputs to whole chunks; padded steps leave the carry untouched. The guard
+        # is a lax.cond per step, so it is only used when no chunking divides the length.
+        xs = jax.tree.map(
+            lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - length, axis=0)]), xs
+        )
 
-    def guarded(c, inp):
-        i, x = inp
-        c = jax.lax.cond(i < length, lambda c: body(c, x)[0], lambda c: c, c)
-        return c, None
+        def step(c, inp):
+            i, x = inp
+            return jax.lax.cond(i < length, lambda c: body(c, x)[0], lambda c: c, c), None
+    else:
+
+        def step(c, inp):
+            return body(c, inp[1])[0], None
+
+    xs = jax.tree.map(lambda x: x.reshape((n_chunks, chunk) + x.shape[1:]), xs)
 
     def outer(c, inp):
         i, x = inp
-        c = jax.lax.scan(guarded, c, (i * chunk + jnp.arange(chunk), x))[0]
+        c = jax.lax.scan(step, c, (i * chunk + jnp.arange(chunk), x))[0]
         report(c, jnp.minimum((i + 1) * chunk, length))
         return c, None
 
