@@ -1,4 +1,4 @@
-"""The language: NumPyro models, their densities, and (soon) objective programs.
+"""The language: NumPyro models, their densities, and objective programs.
 
 Models are plain NumPyro functions. ``ppl`` re-exports NumPyro's primitives, so
 ``ppl.sample is numpyro.sample`` and an existing model runs unchanged.
@@ -18,6 +18,8 @@ from numpyro import deterministic, factor, param, plate, sample
 from ppl.density import log_density, site_log_densities
 from ppl.errors import ModelError
 from ppl.expectation import Expectation, ExpectationError, density, expectation, sim
+from ppl.marginal import Marginal, Normalize, marginal, normalize
+from ppl.params import ParamError, constrain_params, init_params, no_grad, with_params
 from ppl.strategy import (
     MVD,
     Enum,
@@ -31,6 +33,7 @@ from ppl.strategy import (
 )
 from ppl.potential import Potential, potential
 from ppl.tracing import latent_sites, trace_model
+from ppl import objectives  # noqa: E402  (objective programs written with the above)
 
 __all__ = [
     "sample",
@@ -59,4 +62,14 @@ __all__ = [
     "MVD",
     "StraightThrough",
     "GumbelSoftmax",
+    "marginal",
+    "normalize",
+    "Marginal",
+    "Normalize",
+    "init_params",
+    "constrain_params",
+    "with_params",
+    "no_grad",
+    "ParamError",
+    "objectives",
 ]

@@ -159,6 +159,10 @@ def sim(program: Callable, *args: Any, **kwargs: Any) -> tuple[dict[str, jax.Arr
     log densities (times any plate subsampling scale). Observed sites are not drawn and do
     not count in ``log_q``. Call it inside an :func:`expectation`.
 
+    For an approximate program (:func:`ppl.marginal`, :func:`ppl.normalize`) ``log_q`` is an
+    estimate whose exponential is reciprocal-unbiased: ``E[1 / exp(log_q) | values] =
+    1 / q(values)`` (see :mod:`ppl.marginal`).
+
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist, ppl
         >>> def q():
@@ -170,6 +174,9 @@ def sim(program: Callable, *args: Any, **kwargs: Any) -> tuple[dict[str, jax.Arr
         >>> round(float(jax.numpy.exp(log_q_of_draw.estimate(jax.random.key(0)))), 2) in (0.25, 0.75)
         True
     """
+    custom = getattr(program, "__ppl_sim__", None)
+    if custom is not None:  # approximate programs (ppl.marginal, ppl.normalize)
+        return custom(*args, **kwargs)
     check_arguments(program, args, kwargs)
     with _Sim():
         trace = handlers.trace(program).get_trace(*args, **kwargs)
@@ -205,7 +212,8 @@ def density(program: Callable, values: dict[str, Any], *args: Any, **kwargs: Any
     """``log p(values, observed data)`` of ``program(*args, **kwargs)`` (see :func:`ppl.log_density`).
 
     Observed sites, ``factor`` terms and plate scales are included; every latent site needs a
-    value in ``values``.
+    value in ``values``. For an approximate program (:func:`ppl.marginal`,
+    :func:`ppl.normalize`) it is the log of an unbiased estimate of the density.
 
     Example:
         >>> import numpyro, numpyro.distributions as dist, ppl
@@ -215,6 +223,9 @@ def density(program: Callable, values: dict[str, Any], *args: Any, **kwargs: Any
         >>> round(float(ppl.density(model, {"mu": 0.0}, y=0.0)), 4)
         -1.8379
     """
+    custom = getattr(program, "__ppl_density__", None)
+    if custom is not None:  # approximate programs (ppl.marginal, ppl.normalize)
+        return custom(values, *args, **kwargs)
     check_arguments(program, args, kwargs)
     return log_density(_RequireValues(program, values, program), values, *args, **kwargs)
 
