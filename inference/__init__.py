@@ -11,10 +11,25 @@ Example:
     ['mu']
 """
 
+from inference import guides
 from inference.arviz_data import from_groups
+from inference.fit import FitResult, NonFiniteError, fit
 from inference.infer import METHODS, infer
 from inference.initialization import initial_positions
 from inference.nuts import NUTS
 from inference.result import Result
+from inference.vi import VI
 
-__all__ = ["infer", "Result", "NUTS", "METHODS", "initial_positions", "from_groups"]
+__all__ = [
+    "infer",
+    "Result",
+    "NUTS",
+    "VI",
+    "METHODS",
+    "fit",
+    "FitResult",
+    "NonFiniteError",
+    "guides",
+    "initial_positions",
+    "from_groups",
+]

@@ -13,12 +13,18 @@ from inference.initialization import candidate_positions, raise_no_valid_initial
 from inference.nuts import NUTS
 from inference.progress import ProgressBar
 from inference.result import Result
+from inference.vi import VI
 from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
 from ppl.tracing import discrete_latent_sites, latent_sites, model_name, omitted_data_arguments, trace_model
 
 #: Method classes shipped with the library (used to say what fits in error messages).
-METHODS: tuple[type, ...] = (NUTS,)
+#: A method object either has ``build(logdensity_fn, num_warmup, num_samples, bar)`` (an
+#: MCMC kernel run from initial positions; see :class:`NUTS`) or
+#: ``run_model(model, args, kwargs, *, key, num_samples, num_chains, progress)`` returning
+#: ``(samples, stats, tuning, timing)`` (a method that works on the model itself; see
+#: :class:`VI`).
+METHODS: tuple[type, ...] = (NUTS, VI)
 
 
 def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
@@ -42,7 +48,7 @@ def _as_key(key: Any) -> jax.Array:
 
 
 def _check_method(method: Any) -> Any:
-    if callable(getattr(method, "build", None)):
+    if callable(getattr(method, "build", None)) or callable(getattr(method, "run_model", None)):
         return method
     names = ", ".join(f"inference.{m.__name__}()" for m in METHODS)
     raise TypeError(
@@ -67,8 +73,10 @@ def infer(
     Args:
         model: a NumPyro model function; observed sites are conditioned on the data passed.
         *args, **kwargs: the model's arguments (data).
-        method: a method object; default ``inference.NUTS()``.
-        num_samples, num_warmup: draws kept per chain, and warmup (adaptation) steps.
+        method: a method object; default ``inference.NUTS()``. ``inference.VI(...)`` fits a
+            guide and draws from it.
+        num_samples, num_warmup: draws kept per chain, and warmup (adaptation) steps (MCMC
+            methods only; VI's budget is its own ``steps``).
         num_chains: independent chains, run with ``jax.vmap`` in one compiled program.
         key: ``jax.random.key(...)`` or an int seed; the same key gives the same draws.
         progress: show a progress bar (updated a few times per run, not every step).
@@ -119,6 +127,46 @@ def infer(
             + "NumPyro's DiscreteHMCGibbs / MixedHMC."
         )
 
+    if callable(getattr(method, "run_model", None)):
+        samples, stats, tuning, timing = method.run_model(
+            model, tuple(args), dict(kwargs), key=key, num_samples=num_samples,
+            num_chains=num_chains, progress=progress,
+        )
+    else:
+        samples, stats, tuning, timing = _run_mcmc(
+            method, model, args, kwargs, key, num_samples, num_warmup, num_chains, progress
+        )
+    observed = {
+        name: site["value"]
+        for name, site in trace.items()
+        if site["type"] == "sample" and site["is_observed"] and not name.startswith("_")
+        and site["fn"].__class__.__name__ != "Unit"
+    }
+    return Result(
+        samples=dict(samples),
+        stats=stats,
+        method=method,
+        observed=observed,
+        tuning=tuning,
+        timing=timing,
+        model=model,
+        model_args=tuple(args),
+        model_kwargs=dict(kwargs),
+    )
+
+
+def _run_mcmc(
+    method: Any,
+    model: Callable,
+    args: tuple,
+    kwargs: dict,
+    key: jax.Array,
+    num_samples: int,
+    num_warmup: int,
+    num_chains: int,
+    progress: bool,
+) -> tuple[dict, dict, dict, dict]:
+    """An MCMC method (``method.build``) from valid initial points, in one compiled program."""
     pot = make_potential(model, *args, **kwargs)
     init_key, run_key = jax.random.split(key)
     candidates = candidate_positions(pot, init_key, num_chains)
@@ -156,20 +204,4 @@ def infer(
     t2 = time.perf_counter()
     if not bool(jnp.all(found)):
         raise_no_valid_initial(pot, candidates, found)
-    observed = {
-        name: site["value"]
-        for name, site in trace.items()
-        if site["type"] == "sample" and site["is_observed"] and not name.startswith("_")
-        and site["fn"].__class__.__name__ != "Unit"
-    }
-    return Result(
-        samples=dict(samples),
-        stats=stats,
-        method=method,
-        observed=observed,
-        tuning=tuning,
-        timing={"compile": t1 - t0, "run": t2 - t1},
-        model=model,
-        model_args=tuple(args),
-        model_kwargs=dict(kwargs),
-    )
+    return samples, stats, tuning, {"compile": t1 - t0, "run": t2 - t1}

@@ -1,0 +1,258 @@
+"""Variational inference as an ``infer`` method: fit a guide, then draw from it.
+
+``inference.infer(model, *args, method=inference.VI(...), num_samples=..., num_chains=...)``
+fits the guide's parameters (and the model's own ``numpyro.param`` sites, as NumPyro's SVI
+does) by maximizing the objective with :func:`inference.fit`, then draws
+``num_chains x num_samples`` independent samples from the fitted guide. The
+:class:`inference.Result` has the same layout as NUTS's: ``samples`` of every latent and
+deterministic site with shape ``(chains, draws, ...)`` (the "chains" are just a layout
+here: all draws are independent), so ``summary()`` and ``to_arviz()`` work the same way.
+
+``stats``: ``lp``, the model's log joint ``log p(x, z)`` at each draw (constrained space,
+so unlike NUTS's ``lp`` it has no log-Jacobian term), and ``log_q``, the fitted guide's log
+density there; ``lp - log_q`` is the draw's log importance weight. ``tuning``: ``objective``
+(the per-step objective estimates of the fit) and ``params`` (the fitted params,
+constrained).
+
+Example:
+    >>> import jax.numpy as jnp, numpyro, numpyro.distributions as dist, optax, inference
+    >>> def model(y=None):
+    ...     mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    ...     with numpyro.plate("data", 3):
+    ...         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> r = inference.infer(model, y=jnp.array([1.0, 2.0, 3.0]), num_samples=200,
+    ...                     num_chains=2, method=inference.VI(steps=1000), progress=False)
+    >>> r.samples["mu"].shape, sorted(r.stats), r.tuning["objective"].shape
+    ((2, 200), ['log_q', 'lp'], (1000,))
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import numbers
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import jax
+import jax.numpy as jnp
+import optax
+from numpyro import handlers
+
+import ppl
+from inference import guides as guides_lib
+from inference.fit import fit, split_arguments
+from inference.progress import ProgressBar
+from ppl.errors import ModelError
+from ppl.tracing import latent_sites, model_name, trace_model
+
+__all__ = ["VI", "GUIDES", "objective_names"]
+
+#: Guide families by name (each ``family(model) -> guide``).
+GUIDES: dict[str, Callable] = {"normal": guides_lib.normal, "mvn": guides_lib.mvn}
+
+
+def objective_names() -> list[str]:
+    """Names of ``ppl.objectives`` usable as ``VI(objective=name)``: built from (model, guide).
+
+    Example:
+        >>> "elbo" in objective_names()
+        True
+    """
+    out = []
+    for name in getattr(ppl.objectives, "__all__", []):
+        params = list(inspect.signature(getattr(ppl.objectives, name)).parameters.values())
+        required = [p for p in params if p.default is inspect.Parameter.empty
+                    and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(required) == 2:
+            out.append(name)
+    return out
+
+
+def _bind(fn: Callable, kwargs: dict) -> Callable:
+    """``fn`` with the keyword arguments fixed (objectives pass positional arguments only)."""
+    if not kwargs:
+        return fn
+    bound = functools.partial(fn, **kwargs)
+    bound.__name__ = model_name(fn)
+    return bound
+
+
+def _averaged(objective: ppl.Expectation, num_particles: int) -> ppl.Expectation:
+    """The mean of ``num_particles`` independent estimates of ``objective`` (same expectation)."""
+
+    @ppl.expectation
+    def averaged(params, *args):
+        return jnp.mean(jax.vmap(lambda _: objective(params, *args))(jnp.arange(num_particles)))
+
+    return averaged
+
+
+@dataclass(frozen=True)
+class VI:
+    """Variational inference: fit a guide by maximizing an objective, then sample the guide.
+
+    Args:
+        objective: a name from ``ppl.objectives`` built from ``(model, guide)`` alone
+            (``"elbo"``, ``"iwae"``, ``"renyi"``, ... with their default settings), or a
+            factory ``objective(model, guide) -> ppl.Expectation`` over
+            ``(params, *model_args)`` (e.g. ``lambda m, g: ppl.objectives.iwae(m, g, K=16)``,
+            or your own objective written with ``@ppl.expectation``). A quantity to maximize.
+        guide: ``"normal"`` (mean-field, :func:`inference.guides.normal`), ``"mvn"``
+            (full-rank, :func:`inference.guides.mvn`), or a guide program taking the model's
+            arguments and sampling every latent site of the model.
+        steps: optimizer steps.
+        optimizer: an optax transformation; default ``optax.adam(1e-2)``.
+        num_particles: independent objective estimates averaged per step.
+
+    ``infer``'s ``num_warmup`` does not apply to VI (``steps`` is its own budget).
+    Models with discrete latent sites are refused by ``infer`` under ``VI`` (use
+    :func:`inference.fit` with a guide that samples them).
+
+    Example:
+        >>> VI(guide="mvn", steps=2000).guide
+        'mvn'
+    """
+
+    objective: str | Callable = "elbo"
+    guide: str | Callable = "normal"
+    steps: int = 5000
+    optimizer: Any = None
+    num_particles: int = 1
+
+    handles_discrete: ClassVar[bool] = False
+    needs_gradients: ClassVar[bool] = True
+
+    def __post_init__(self):
+        for name in ("steps", "num_particles"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"VI({name}={value!r}): must be a positive int.")
+        if isinstance(self.guide, str):
+            if self.guide not in GUIDES:
+                raise ValueError(
+                    f"VI(guide={self.guide!r}): unknown guide; use one of {sorted(GUIDES)} or a "
+                    "guide program (a function taking the model's arguments)."
+                )
+        elif not callable(self.guide):
+            raise TypeError(
+                f"VI(guide={self.guide!r}): must be one of {sorted(GUIDES)} or a guide program."
+            )
+        if isinstance(self.objective, str):
+            names = objective_names()
+            if self.objective not in names:
+                raise ValueError(
+                    f"VI(objective={self.objective!r}): unknown objective; use one of {names}, "
+                    "or a factory objective(model, guide) -> ppl.Expectation."
+                )
+        elif not callable(self.objective):
+            raise TypeError(
+                f"VI(objective={self.objective!r}): must be an objective name or a factory "
+                "objective(model, guide) -> ppl.Expectation."
+            )
+        opt = self.optimizer
+        if opt is not None and not (callable(getattr(opt, "init", None))
+                                    and callable(getattr(opt, "update", None))):
+            raise TypeError(f"VI(optimizer={opt!r}): must be an optax GradientTransformation.")
+
+    # -- pieces ------------------------------------------------------------------------
+    def make_guide(self, model: Callable) -> Callable:
+        """The guide program for ``model`` (the named family, or the user's guide)."""
+        return GUIDES[self.guide](model) if isinstance(self.guide, str) else self.guide
+
+    def make_objective(self, model: Callable, guide: Callable) -> ppl.Expectation:
+        """The objective over ``(params, *model_args)``, averaged over ``num_particles``."""
+        if isinstance(self.objective, str):
+            objective = getattr(ppl.objectives, self.objective)(model, guide)
+        else:
+            objective = self.objective(model, guide)
+        if not isinstance(objective, ppl.Expectation):
+            raise TypeError(
+                f"VI(objective={self.objective!r}) returned {type(objective).__name__}; an "
+                "objective factory must return a ppl.Expectation (use @ppl.expectation)."
+            )
+        return objective if self.num_particles == 1 else _averaged(objective, self.num_particles)
+
+    # -- the infer hook ------------------------------------------------------------------
+    def run_model(
+        self,
+        model: Callable,
+        args: tuple,
+        kwargs: dict,
+        *,
+        key: jax.Array,
+        num_samples: int,
+        num_chains: int,
+        progress: bool = True,
+    ) -> tuple[dict, dict, dict, dict]:
+        """Fit and sample: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`.
+
+        ``samples`` and ``stats`` have leading axes ``(num_chains, num_samples)``.
+        """
+        model_k = _bind(model, kwargs)
+        guide_k = self.make_guide(model_k) if isinstance(self.guide, str) else _bind(self.guide, kwargs)
+        objective = self.make_objective(model_k, guide_k)
+        init_key, fit_key, draw_key = jax.random.split(key, 3)
+
+        params = ppl.init_params((model_k, guide_k), init_key, *args)
+        latent = list(latent_sites(trace_model(model, *args, **kwargs)))
+        drawn = trace_model(ppl.with_params(guide_k, params), *args, key=init_key)
+        missing = [n for n in latent if n not in drawn or drawn[n]["type"] != "sample"]
+        if missing:
+            raise ModelError(
+                f"VI: guide {model_name(guide_k)} does not sample the latent site(s) {missing} "
+                f"of model {model_name(model)}; a guide must sample every latent site, under "
+                "the same name."
+            )
+
+        t0 = time.perf_counter()
+        bar = ProgressBar(self.steps, desc="VI", enabled=progress)
+        optimizer = optax.adam(1e-2) if self.optimizer is None else self.optimizer
+        fitted = fit(objective, params, *args, optimizer=optimizer, steps=self.steps,
+                     key=fit_key, progress=bar)
+        t1 = time.perf_counter()
+        constrained = ppl.constrain_params((model_k, guide_k), fitted.params, *args)
+        samples, stats = _draw(model_k, guide_k, constrained, args, latent, draw_key,
+                               num_chains * num_samples)
+        reshape = lambda x: x.reshape((num_chains, num_samples) + x.shape[1:])  # noqa: E731
+        samples, stats = jax.tree.map(reshape, samples), jax.tree.map(reshape, stats)
+        jax.block_until_ready((samples, stats))
+        t2 = time.perf_counter()
+        tuning = {"objective": fitted.values, "params": constrained}
+        return samples, stats, tuning, {"fit": t1 - t0, "sample": t2 - t1}
+
+
+def _trace_log_density(trace: dict) -> jax.Array:
+    """Sum of a trace's sample-site log densities (observed, latent, factors), plate-scaled,
+    as :func:`ppl.log_density` computes it, read from a trace we already have."""
+    total = jnp.zeros(())
+    for site in trace.values():
+        if site["type"] == "sample":
+            term = jnp.sum(site["fn"].log_prob(site["value"]))
+            total = total + (term if site.get("scale") is None else site["scale"] * term)
+    return total
+
+
+def _draw(model: Callable, guide: Callable, params: dict, args: tuple, latent: list[str],
+          key: jax.Array, n: int) -> tuple[dict, dict]:
+    """``n`` independent draws of the fitted guide, with the model's deterministic sites."""
+    dyn, rebuild = split_arguments(args)
+    m = handlers.substitute(model, data=params)
+    q = handlers.substitute(guide, data=params)
+
+    def one(k, dyn):
+        a = rebuild(dyn)
+        k_q, k_m = jax.random.split(k)
+        trace = handlers.trace(handlers.seed(q, k_q)).get_trace(*a)
+        z = {name: s["value"] for name, s in trace.items()
+             if s["type"] == "sample" and not s["is_observed"]}
+        model_trace = handlers.trace(
+            handlers.seed(handlers.substitute(m, data=z), k_m)
+        ).get_trace(*a)
+        out = {name: z[name] for name in latent}
+        out.update({name: s["value"] for name, s in model_trace.items()
+                    if s["type"] == "deterministic"})
+        return out, {"lp": _trace_log_density(model_trace), "log_q": _trace_log_density(trace)}
+
+    return jax.jit(jax.vmap(one, (0, None)))(jax.random.split(key, n), dyn)

@@ -1,0 +1,198 @@
+"""``infer(..., method=VI(...))``: draws from the fitted guide in NUTS's ``Result`` layout."""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+
+import inference
+import ppl
+from models.posteriordb import load
+
+REFERENCE = pathlib.Path(__file__).parent / "reference"
+
+# Conjugate model (as in test_fit): the exact posterior is N(POST_MEAN, POST_SD).
+M0, S0, SIG = 1.0, 3.0, 2.0
+Y = 3.0 + 2.0 * jax.random.normal(jax.random.key(42), (10,))
+POST_PREC = 1 / S0**2 + Y.size / SIG**2
+POST_MEAN = float((M0 / S0**2 + Y.sum() / SIG**2) / POST_PREC)
+POST_SD = float(POST_PREC**-0.5)
+
+
+def conjugate(y=None):
+    mu = numpyro.sample("mu", dist.Normal(M0, S0))
+    numpyro.deterministic("mu2", 2.0 * mu)
+    with numpyro.plate("data", 10):
+        numpyro.sample("y", dist.Normal(mu, SIG), obs=y)
+
+
+def decaying_adam(steps):
+    return optax.adam(optax.exponential_decay(0.05, steps, 0.01))
+
+
+@pytest.fixture(scope="module")
+def conjugate_result():
+    steps = 1500
+    return inference.infer(conjugate, y=Y, method=inference.VI(steps=steps, optimizer=decaying_adam(steps)),
+                           num_samples=500, num_chains=4, key=0, progress=False)
+
+
+def test_conjugate_posterior_from_vi_draws(conjugate_result):
+    draws = conjugate_result.samples["mu"]
+    assert draws.shape == (4, 500)
+    # Mean-field is exact here. Error budget: the fit's own error (sd ~0.022 posterior sd over
+    # seeds, see test_fit) plus Monte Carlo error of 2000 independent draws (1/sqrt(2000) =
+    # 0.022 sd for the mean, ~0.016 relative for the sd); bounds are > 4 combined sds.
+    assert abs(float(draws.mean()) - POST_MEAN) < 0.15 * POST_SD
+    assert abs(float(draws.std()) / POST_SD - 1) < 0.1
+    np.testing.assert_allclose(conjugate_result.samples["mu2"], 2 * draws, rtol=1e-6)
+
+
+def test_result_stats_tuning_and_arviz(conjugate_result):
+    r = conjugate_result
+    assert sorted(r.stats) == ["log_q", "lp"]
+    for value in r.stats.values():
+        assert value.shape == (4, 500) and bool(jnp.all(jnp.isfinite(value)))
+    # lp is the model's log joint at the draw; log_q the guide's density there.
+    mu = r.samples["mu"][1, 7]
+    np.testing.assert_allclose(r.stats["lp"][1, 7], ppl.log_density(conjugate, {"mu": mu}, y=Y),
+                               rtol=1e-5)
+    fitted = r.tuning["params"]
+    q = dist.Normal(fitted["guide.mu.loc"], fitted["guide.mu.scale"]).log_prob(mu)
+    np.testing.assert_allclose(r.stats["log_q"][1, 7], q, rtol=1e-5)
+    # At the exact posterior, lp - log_q = log p(y) for every draw. With the guide's mean and
+    # sd off by d and e posterior sds, the log weight has sd ~ sqrt(d^2 + 2 e^2); with the fit
+    # tolerance of test_fit (0.1 each) that is 0.17. A wrong density (e.g. a missing term)
+    # gives an sd of order 1.
+    assert float(jnp.std(r.stats["lp"] - r.stats["log_q"])) < 0.2
+    assert r.tuning["objective"].shape == (1500,)
+    assert r.timing["fit"] > 0 and r.timing["sample"] > 0
+    summary = r.summary()
+    assert {"mu", "mu2"} <= set(summary.index)
+    idata = r.to_arviz()
+    assert "posterior" in idata and "sample_stats" in idata
+
+
+def test_mvn_guide_recovers_correlated_regression_posterior():
+    """Bayesian linear regression with correlated covariates: closed-form Gaussian posterior
+    with correlation -0.87, which the full-rank guide contains exactly."""
+    k1, k2, k3 = jax.random.split(jax.random.key(7), 3)
+    x1 = jax.random.normal(k1, (12,))
+    X = jnp.stack([x1, x1 + 0.8 * jax.random.normal(k2, (12,))], 1)
+    y = X @ jnp.array([1.0, -0.5]) + jax.random.normal(k3, (12,))
+
+    def regression(X, y=None):
+        w = numpyro.sample("w", dist.Normal(0.0, 2.0).expand([2]).to_event(1))
+        numpyro.sample("y", dist.Normal(X @ w, 1.0).to_event(1), obs=y)
+
+    cov = jnp.linalg.inv(jnp.eye(2) / 4.0 + X.T @ X)
+    mean = cov @ X.T @ y
+    sd = jnp.sqrt(jnp.diag(cov))
+    assert float(cov[0, 1] / (sd[0] * sd[1])) < -0.8
+    steps = 2000
+    r = inference.infer(regression, X, y=y, method=inference.VI(guide="mvn", steps=steps,
+                                                                   optimizer=decaying_adam(steps)),
+                        num_samples=1000, num_chains=2, key=3, progress=False)
+    w = r.samples["w"].reshape(-1, 2)
+    # Budget (in posterior sds): fit error sd 0.02-0.04 over seeds (measured), Monte Carlo
+    # error of 2000 draws 0.022 for means and ~0.03 for covariance entries; 0.2 is > 4
+    # combined sds, while a mean-field fit would miss the off-diagonal by 0.87.
+    np.testing.assert_array_less(jnp.abs(w.mean(0) - mean) / sd, 0.2)
+    np.testing.assert_array_less(jnp.abs(jnp.cov(w.T) - cov) / jnp.outer(sd, sd), 0.2)
+
+
+def test_eight_schools_noncentered_means_near_nuts_reference():
+    model, data = load("eight_schools_noncentered")
+    r = inference.infer(model, **data, method=inference.VI(steps=3000), num_samples=500,
+                        num_chains=4, key=0, progress=False)
+    ref = json.loads((REFERENCE / "eight_schools-eight_schools_noncentered.ref.json").read_text())
+    ref = ref["params"]
+    got = {"mu": r.samples["mu"], "tau": r.samples["tau"]}
+    got.update({f"theta[{j + 1}]": r.samples["theta"][..., j] for j in range(8)})
+    for name, draws in got.items():
+        # Mean-field VI is biased here (it cannot represent the tau-theta dependence, and
+        # shrinks tau), and the default constant step size leaves the fit jittering: over
+        # keys 0-2 the errors were at most 0.31 posterior sd (tau -0.24, theta[7] -0.31).
+        # Monte Carlo error of the means (2000 draws) is ~0.02 sd. A failed fit (params near
+        # their initial values, mu in [-2, 2]) is off by > 0.7 sd for mu.
+        err = abs(float(draws.mean()) - ref[name]["mean"]) / ref[name]["sd"]
+        assert err < 0.5, (name, err)
+    # Mean-field underestimates spread; it should not inflate it.
+    assert 0.5 < float(r.samples["mu"].std()) / ref["mu"]["sd"] < 1.1
+    assert r.summary().loc["tau", "mean"] > 0
+
+
+def test_custom_guide_and_objective_factory():
+    def guide(y=None):
+        loc = numpyro.param("loc", 0.0)
+        scale = numpyro.param("scale", 1.0, constraint=dist.constraints.positive)
+        numpyro.sample("mu", dist.Normal(loc, scale))
+
+    calls = []
+
+    def iwae4(model, guide):
+        calls.append((model, guide))
+        return ppl.objectives.iwae(model, guide, K=4)
+
+    method = inference.VI(objective=iwae4, guide=guide, steps=300, num_particles=2,
+                          optimizer=optax.adam(0.05))
+    r = inference.infer(conjugate, y=Y, method=method, num_samples=50, num_chains=2,
+                        progress=False)
+    assert len(calls) == 1 and r.samples["mu"].shape == (2, 50)
+    assert set(r.tuning["params"]) == {"loc", "scale"}
+    # 300 steps from loc = 0 get most of the way to the posterior mean (~3.2).
+    assert float(r.tuning["params"]["loc"]) > 2.0
+
+
+def test_guide_missing_a_site_is_an_error():
+    def two(y=None):
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+        b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(a + b, 1.0), obs=y)
+
+    def guide(y=None):
+        numpyro.sample("a", dist.Normal(numpyro.param("m", 0.0), 1.0))
+
+    with pytest.raises(ppl.ModelError, match=r"does not sample the latent site\(s\) \['b'\]"):
+        inference.infer(two, y=1.0, method=inference.VI(guide=guide, steps=10), progress=False)
+
+
+def test_discrete_latent_under_vi_names_the_site():
+    def mixture(y=None):
+        z = numpyro.sample("z", dist.Bernoulli(0.3))
+        numpyro.sample("y", dist.Normal(3.0 * z, 1.0), obs=y)
+
+    with pytest.raises(ppl.ModelError, match=r"'z' \(Bernoulli\w*\).*VI"):
+        inference.infer(mixture, y=1.0, method=inference.VI(), progress=False)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"steps": 0}, ValueError, r"VI\(steps=0\): must be a positive int"),
+    ({"steps": 1.5}, ValueError, r"VI\(steps=1.5\)"),
+    ({"num_particles": 0}, ValueError, r"VI\(num_particles=0\)"),
+    ({"guide": "laplace"}, ValueError, r"unknown guide; use one of \['mvn', 'normal'\]"),
+    ({"guide": 3}, TypeError, "guide program"),
+    ({"objective": "elbow"}, ValueError, r"unknown objective; use one of \[.*'elbo'"),
+    ({"optimizer": "adam"}, TypeError, "optax"),
+])
+def test_bad_vi_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        inference.VI(**kwargs)
+
+
+def test_objective_factory_must_return_an_expectation():
+    method = inference.VI(objective=lambda m, g: (lambda params: 0.0), steps=5)
+    with pytest.raises(TypeError, match="must return a ppl.Expectation"):
+        inference.infer(conjugate, y=Y, method=method, progress=False)
+
+
+def test_vi_is_listed_among_methods():
+    assert inference.VI in inference.METHODS
+    with pytest.raises(TypeError, match=r"inference\.VI\(\)"):
+        inference.infer(conjugate, y=Y, method="vi", progress=False)
