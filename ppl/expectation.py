@@ -245,17 +245,6 @@ class Expectation:
         self.fn = fn
         functools.update_wrapper(self, fn)
 
-        @jax.custom_jvp
-        def estimator(key, args):
-            return self._estimate(key, *args)
-
-        @estimator.defjvp
-        def estimator_jvp(primals, tangents):
-            key, args = primals
-            _, targs = tangents
-            return self._adev(key, args, targs)
-
-        self._estimator = estimator
         self._compiled: dict = {}
 
     def _compiled_call(self, name: str, impl: Callable, key: jax.Array, args: tuple):
@@ -320,13 +309,32 @@ class Expectation:
         with _Seed(key):
             return self._checked(self.fn(*args))
 
-    def _adev(self, key, args, targs) -> tuple:
-        flat, tree = jax.tree_util.tree_flatten(args)
-        flat_t = jax.tree_util.tree_leaves(targs)
-        closed = jax.make_jaxpr(
-            lambda k, *leaves: self._estimate(k, *jax.tree_util.tree_unflatten(tree, leaves))
-        )(key, *flat)
-        return adev.jvp_jaxpr(closed, [key, *flat], [None, *flat_t])
+    def _estimator(self, key: jax.Array, args: tuple) -> jax.Array:
+        """The estimate as a ``custom_jvp`` of the differentiable leaves of ``args``.
+
+        Leaves that are not floating point (Python ints such as plate sizes, integer arrays,
+        other objects) are closed over as constants, so they stay concrete inside the
+        objective; the ADEV interpreter is the JVP rule for the floating-point leaves.
+        """
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        mask = [_differentiable(x) for x in leaves]
+
+        def rebuild(dleaves):
+            it = iter(dleaves)
+            return jax.tree_util.tree_unflatten(tree, [next(it) if d else x for x, d in zip(leaves, mask)])
+
+        @jax.custom_jvp
+        def estimator(key, dleaves):
+            return self._estimate(key, *rebuild(dleaves))
+
+        @estimator.defjvp
+        def estimator_jvp(primals, tangents):
+            key, dleaves = primals
+            _, tleaves = tangents
+            closed = jax.make_jaxpr(lambda k, *d: self._estimate(k, *rebuild(d)))(key, *dleaves)
+            return adev.jvp_jaxpr(closed, [key, *dleaves], [None, *tleaves])
+
+        return estimator(key, [x for x, d in zip(leaves, mask) if d])
 
     def jvp_estimate(self, key: jax.Array, args: tuple, tangents: tuple) -> tuple:
         """Forward mode: ``(value, directional derivative)`` estimates along ``tangents``.
@@ -364,8 +372,25 @@ class Expectation:
         return self._compiled_call("grad", self._grad_estimate, key, args)
 
     def _grad_estimate(self, key: jax.Array, *args: Any) -> tuple:
-        argnums = tuple(range(len(args)))
-        return jax.grad(lambda *a: self._estimator(key, a), argnums=argnums, allow_int=True)(*args)
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        mask = [_differentiable(x) for x in leaves]
+
+        def value(dleaves):
+            it = iter(dleaves)
+            full = [next(it) if d else x for x, d in zip(leaves, mask)]
+            return self._estimator(key, tuple(jax.tree_util.tree_unflatten(tree, full)))
+
+        grads = iter(jax.grad(value)([x for x, d in zip(leaves, mask) if d]))
+        out = [next(grads) if d else np.zeros(np.shape(x), jax.dtypes.float0)
+               for x, d in zip(leaves, mask)]
+        return tuple(jax.tree_util.tree_unflatten(tree, out))
+
+
+def _differentiable(x: Any) -> bool:
+    """Floating-point leaves get gradients; ints, bools and other objects are constants."""
+    if isinstance(x, (bool, int)) or not hasattr(x, "dtype") and not isinstance(x, (float, complex)):
+        return False
+    return bool(jnp.issubdtype(jnp.result_type(x), jnp.inexact))
 
 
 def expectation(fn: Callable) -> Expectation:

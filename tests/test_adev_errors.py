@@ -137,3 +137,25 @@ def test_numpyro_control_flow_scan_is_a_clear_error():
 
     with pytest.raises(ppl.ExpectationError, match="control_flow"):
         objective_over(q).estimate(jax.random.key(0), 0.0)
+
+
+def test_int_argument_stays_concrete_for_plate_sizes():
+    # A plate size passed as a Python int must stay a concrete int inside the objective,
+    # also when grad_estimate runs under jax.jit; its gradient is float0 (JAX's convention).
+    import jax.numpy as jnp
+
+    def q(theta, n):
+        with numpyro.plate("n", n):
+            numpyro.sample("z", dist.Normal(theta, 1.0))
+
+    @ppl.expectation
+    def objective(theta, n):
+        values, _ = ppl.sim(q, theta, n)
+        return jnp.sum(values["z"])
+
+    # d/dtheta E[sum of n draws of N(theta, 1)] = n exactly, for every key (reparam).
+    g_theta, g_n = objective.grad_estimate(jax.random.key(0), 0.5, 3)
+    assert float(g_theta) == pytest.approx(3.0)
+    assert g_n.dtype == jax.dtypes.float0
+    jitted = jax.jit(lambda k, t: objective.grad_estimate(k, t, 4)[0])
+    assert float(jitted(jax.random.key(1), 0.5)) == pytest.approx(4.0)
