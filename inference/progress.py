@@ -72,7 +72,7 @@ def _fmt(value: Any) -> str:
     return f"{float(value):.3g}"
 
 
-def _chunking(length: int, updates: int) -> tuple[int, int]:
+def chunk_sizes(length: int, updates: int) -> tuple[int, int]:
     """``(n_chunks, chunk)`` with ``n_chunks * chunk >= length`` and ``n_chunks`` near ``updates``.
 
     A divisor of ``length`` between ``updates / 2`` and ``2 * updates`` is preferred (no
@@ -115,7 +115,7 @@ def scan(
         extra = postfix_fn(carry) if postfix_fn is not None else {}
         jax.debug.callback(bar.update, done, extra, ordered=True)
 
-    n_chunks, chunk = _chunking(length, updates)
+    n_chunks, chunk = chunk_sizes(length, updates)
     padded = n_chunks * chunk
     if padded > length:
         # Pad the inputs to whole chunks; padded steps leave the carry untouched. The guard
