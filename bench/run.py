@@ -12,6 +12,7 @@ unknown suite name is an error that lists them. See ``bench/README.md`` for what
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -315,16 +316,36 @@ def suite_nuts(reps: int = 3, num_warmup: int = 1000, num_samples: int = 1000,
     return {"suite": "nuts", "machine": machine_info(), "results": results}
 
 
+# ---------------------------------------------------------------------------------------
+# suite: vae (bench/vae.py)
+# ---------------------------------------------------------------------------------------
+
+
+def suite_vae(reps: int = 7, block_steps: int = 200, **_ignored: Any) -> dict[str, Any]:
+    """One VAE training step (ELBO, IWAE-8): ours vs NumPyro SVI vs hand-written JAX.
+
+    ``reps`` timed blocks of ``block_steps`` steps per contestant; see ``bench/vae.py``.
+    """
+    from bench.vae import suite_vae as run_vae
+
+    record = run_vae(reps=reps, block_steps=block_steps)
+    return {"suite": record.pop("suite"), "machine": machine_info(), **record}
+
+
 #: Suite name -> function returning the JSON-able record (keyword arguments from the CLI).
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "nuts": suite_nuts,
+    "vae": suite_vae,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", help="one of: " + ", ".join(SUITES))
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=None,
+                        help="repetitions (nuts: 3) or timed blocks (vae: 7)")
+    parser.add_argument("--block-steps", type=int, default=None,
+                        help="vae: optimizer steps per timed block (200)")
     parser.add_argument("--num-warmup", type=int, default=1000)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--num-chains", type=int, default=4)
@@ -339,9 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [m for m in args.models if m not in MODELS]
         if unknown:
             parser.error(f"unknown model(s) {unknown}; available: {', '.join(MODELS)}")
-    record = SUITES[args.suite](reps=args.reps, num_warmup=args.num_warmup,
-                                num_samples=args.num_samples, num_chains=args.num_chains,
-                                models=args.models)
+    suite = SUITES[args.suite]
+    options = {"reps": args.reps, "block_steps": args.block_steps}
+    accepted = inspect.signature(suite).parameters
+    for name, value in options.items():
+        if value is not None and name not in accepted:
+            parser.error(f"--{name.replace('_', '-')} does not apply to suite {args.suite!r}")
+    record = suite(num_warmup=args.num_warmup, num_samples=args.num_samples,
+                   num_chains=args.num_chains, models=args.models,
+                   **{k: v for k, v in options.items() if v is not None})
     text = json.dumps(record, indent=2)
     print(text)
     if not args.no_save:
