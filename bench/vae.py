@@ -108,8 +108,7 @@ def ours_fit_step(objective: ppl.Expectation, optimizer) -> Callable:
 
     def step(state, key, x):
         params, opt_state = state
-        value = objective.estimate(key, params, x)
-        grads = objective.grad_estimate(key, params, x)[0]
+        value, (grads, _) = objective.value_and_grad_estimate(key, params, x)
         upd, opt_state = optimizer.update(jax.tree.map(jnp.negative, grads), opt_state, params)
         return (optax.apply_updates(params, upd), opt_state), value
 

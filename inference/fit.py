@@ -261,8 +261,8 @@ def fit(
         params, opt_state, bad_step, bad_leaves = carry
         k_obj, k_batch = jax.random.split(jax.random.fold_in(key, i))
         data = subsample(k_batch, dyn)
-        value = bound.estimate(k_obj, params, data).astype(nan.dtype)
-        grads = bound.grad_estimate(k_obj, params, data)[0]
+        value, (grads, _) = bound.value_and_grad_estimate(k_obj, params, data)
+        value = value.astype(nan.dtype)
         neg = jax.tree.map(jnp.negative, grads)
         upd, new_state = optimizer.update(neg, opt_state, params)
         new_params = optax.apply_updates(params, upd)
@@ -277,8 +277,8 @@ def fit(
         params, opt_state = carry
         k_obj, k_batch = jax.random.split(jax.random.fold_in(key, i))
         data = subsample(k_batch, dyn)
-        value = bound.estimate(k_obj, params, data).astype(nan.dtype)
-        grads = bound.grad_estimate(k_obj, params, data)[0]
+        value, (grads, _) = bound.value_and_grad_estimate(k_obj, params, data)
+        value = value.astype(nan.dtype)
         upd, opt_state = optimizer.update(jax.tree.map(jnp.negative, grads), opt_state, params)
         return (optax.apply_updates(params, upd), opt_state), value
 

@@ -371,7 +371,30 @@ class Expectation:
             return ()
         return self._compiled_call("grad", self._grad_estimate, key, args)
 
+    def value_and_grad_estimate(self, key: jax.Array, *args: Any) -> tuple[jax.Array, tuple]:
+        """``(estimate(key, *args), grad_estimate(key, *args))`` from one pass.
+
+        The value is the primal of the gradient estimator, so it equals :meth:`estimate`
+        with the same key; use this in training loops instead of calling both.
+
+        Example:
+            >>> import jax, numpyro, numpyro.distributions as dist, ppl
+            >>> @ppl.expectation
+            ... def mean_z(mu):
+            ...     values, _ = ppl.sim(lambda: numpyro.sample("z", dist.Normal(mu, 1.0)))
+            ...     return values["z"]
+            >>> value, (g,) = mean_z.value_and_grad_estimate(jax.random.key(0), 2.0)
+            >>> bool(value == mean_z.estimate(jax.random.key(0), 2.0)), float(g)
+            (True, 1.0)
+        """
+        if not args:
+            return self.estimate(key), ()
+        return self._compiled_call("value_and_grad", self._value_and_grad, key, args)
+
     def _grad_estimate(self, key: jax.Array, *args: Any) -> tuple:
+        return self._value_and_grad(key, *args)[1]
+
+    def _value_and_grad(self, key: jax.Array, *args: Any) -> tuple[jax.Array, tuple]:
         leaves, tree = jax.tree_util.tree_flatten(args)
         mask = [_differentiable(x) for x in leaves]
 
@@ -380,10 +403,11 @@ class Expectation:
             full = [next(it) if d else x for x, d in zip(leaves, mask)]
             return self._estimator(key, tuple(jax.tree_util.tree_unflatten(tree, full)))
 
-        grads = iter(jax.grad(value)([x for x, d in zip(leaves, mask) if d]))
+        val, grads = jax.value_and_grad(value)([x for x, d in zip(leaves, mask) if d])
+        grads = iter(grads)
         out = [next(grads) if d else np.zeros(np.shape(x), jax.dtypes.float0)
                for x, d in zip(leaves, mask)]
-        return tuple(jax.tree_util.tree_unflatten(tree, out))
+        return val, tuple(jax.tree_util.tree_unflatten(tree, out))
 
 
 def _differentiable(x: Any) -> bool:
