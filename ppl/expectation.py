@@ -316,12 +316,7 @@ class Expectation:
         other objects) are closed over as constants, so they stay concrete inside the
         objective; the ADEV interpreter is the JVP rule for the floating-point leaves.
         """
-        leaves, tree = jax.tree_util.tree_flatten(args)
-        mask = [_differentiable(x) for x in leaves]
-
-        def rebuild(dleaves):
-            it = iter(dleaves)
-            return jax.tree_util.tree_unflatten(tree, [next(it) if d else x for x, d in zip(leaves, mask)])
+        dleaves, rebuild, _ = _split_differentiable(args)
 
         @jax.custom_jvp
         def estimator(key, dleaves):
@@ -334,7 +329,7 @@ class Expectation:
             closed = jax.make_jaxpr(lambda k, *d: self._estimate(k, *rebuild(d)))(key, *dleaves)
             return adev.jvp_jaxpr(closed, [key, *dleaves], [None, *tleaves])
 
-        return estimator(key, [x for x, d in zip(leaves, mask) if d])
+        return estimator(key, dleaves)
 
     def jvp_estimate(self, key: jax.Array, args: tuple, tangents: tuple) -> tuple:
         """Forward mode: ``(value, directional derivative)`` estimates along ``tangents``.
@@ -395,19 +390,29 @@ class Expectation:
         return self._value_and_grad(key, *args)[1]
 
     def _value_and_grad(self, key: jax.Array, *args: Any) -> tuple[jax.Array, tuple]:
-        leaves, tree = jax.tree_util.tree_flatten(args)
-        mask = [_differentiable(x) for x in leaves]
+        dleaves, rebuild, constant = _split_differentiable(args)
+        val, grads = jax.value_and_grad(lambda d: self._estimator(key, rebuild(d)))(dleaves)
+        # Non-differentiable leaves get float0 zeros, JAX's convention.
+        zeros = [np.zeros(np.shape(x), jax.dtypes.float0) for x in constant]
+        return val, rebuild(grads, zeros)
 
-        def value(dleaves):
-            it = iter(dleaves)
-            full = [next(it) if d else x for x, d in zip(leaves, mask)]
-            return self._estimator(key, tuple(jax.tree_util.tree_unflatten(tree, full)))
 
-        val, grads = jax.value_and_grad(value)([x for x, d in zip(leaves, mask) if d])
-        grads = iter(grads)
-        out = [next(grads) if d else np.zeros(np.shape(x), jax.dtypes.float0)
-               for x, d in zip(leaves, mask)]
-        return val, tuple(jax.tree_util.tree_unflatten(tree, out))
+def _split_differentiable(args: tuple) -> tuple[list, Callable, list]:
+    """Split ``args`` into its floating-point leaves and the rest (held constant).
+
+    Returns ``(dleaves, rebuild, constant)``: ``rebuild(dleaves)`` puts the tree back
+    together, and ``rebuild(dleaves, other)`` does so with ``other`` in place of the
+    constant leaves.
+    """
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    mask = [_differentiable(x) for x in leaves]
+    constant = [x for x, d in zip(leaves, mask) if not d]
+
+    def rebuild(dleaves, other=None):
+        it, rest = iter(dleaves), iter(constant if other is None else other)
+        return jax.tree_util.tree_unflatten(tree, [next(it) if d else next(rest) for d in mask])
+
+    return [x for x, d in zip(leaves, mask) if d], rebuild, constant
 
 
 def _differentiable(x: Any) -> bool:
