@@ -15,6 +15,7 @@ from inference import guides
 from inference.arviz_data import from_groups
 from inference.fit import FitResult, NonFiniteError, fit
 from inference.infer import METHODS, infer
+from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
 from inference.initialization import initial_positions
 from inference.nuts import NUTS
 from inference.result import Result
@@ -24,6 +25,12 @@ __all__ = [
     "infer",
     "Result",
     "NUTS",
+    "MALA",
+    "ULA",
+    "Underdamped",
+    "RandomizedMidpoint",
+    "SGLD",
+    "SGHMC",
     "VI",
     "METHODS",
     "fit",

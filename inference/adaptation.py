@@ -7,7 +7,9 @@ Two tools, both pure functions of a key that can be jit-compiled and ``vmap``-ed
   parameters"): the step size follows Nesterov dual averaging towards a target acceptance
   rate (Hoffman & Gelman 2014, section 3.2; BlackJAX's ``dual_averaging_adaptation``), and
   a diagonal or dense inverse mass matrix is re-estimated by Welford's algorithm at the end
-  of each slow window (BlackJAX's ``mass_matrix_adaptation``, with Stan's shrinkage).
+  of each slow window (BlackJAX's ``mass_matrix_adaptation``), shrunk towards a scaled
+  diagonal rather than Stan's ``1e-3 I`` (see ``_scaled_mass_matrix_final``), and the step
+  size is re-initialised for the new mass matrix as Stan does.
 * :func:`max_curvature` and :func:`unadjusted_step_size` -- for kernels without one (ULA,
   BAOAB, randomized midpoint), where the acceptance rate does not exist and the step size
   sets the bias instead. The rule picks the step size from the largest eigenvalue ``L`` of
@@ -37,7 +39,11 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.adaptation.mass_matrix import mass_matrix_adaptation
+from blackjax.adaptation.mass_matrix import (
+    MassMatrixAdaptationState,
+    mass_matrix_adaptation,
+    welford_algorithm,
+)
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 from blackjax.adaptation.window_adaptation import build_schedule
 from jax.flatten_util import ravel_pytree
@@ -49,6 +55,29 @@ class _Warmup(NamedTuple):
     step_size: jax.Array
     inverse_mass_matrix: jax.Array
     acceptance_sum: jax.Array
+
+
+def _scaled_mass_matrix_final(diagonal: bool) -> Callable:
+    """End of a slow window: the inverse mass matrix, shrunk towards a *scaled* diagonal.
+
+    Stan (and BlackJAX) regularise the window's covariance ``C`` (``n`` draws) as
+    ``n/(n+5) C + 5/(n+5) 1e-3 I``. The identity target assumes unit-scale posteriors: on
+    posteriordb's ``sblrc-blr`` the coefficients have sds ~1e-3 (variances 1e-6), so the
+    ``1e-5`` identity term swamps their correlated covariance and a one-gradient kernel
+    (MALA, OBABO) stops mixing, while NUTS's long trajectories hide it. We shrink towards
+    ``1e-3 diag(C)`` instead (plus a 1e-10 floor), which keeps each coordinate's scale.
+    """
+    wc_init, _, wc_final = welford_algorithm(diagonal)
+
+    def final(mm: MassMatrixAdaptationState) -> MassMatrixAdaptationState:
+        covariance, count, _ = wc_final(mm.wc_state)
+        w = 5.0 / (count + 5.0)
+        scale = covariance if diagonal else jnp.diag(covariance)
+        target = 1e-3 * jnp.maximum(scale, 0.0) + 1e-10
+        imm = (1.0 - w) * covariance + w * (target if diagonal else jnp.diag(target))
+        return MassMatrixAdaptationState(imm, wc_init(scale.shape[-1]))
+
+    return final
 
 
 def window_adaptation(
@@ -94,7 +123,8 @@ def window_adaptation(
     if num_steps < 1:
         raise ValueError(f"window_adaptation(num_steps={num_steps}): must be >= 1.")
     dim = ravel_pytree(position)[0].size
-    mm_init, mm_update, mm_final = mass_matrix_adaptation(not dense_mass)
+    mm_init, mm_update, _ = mass_matrix_adaptation(not dense_mass)
+    mm_final = _scaled_mass_matrix_final(not dense_mass)
     da_init, da_update, da_final = dual_averaging_adaptation(target)
     with jax.ensure_compile_time_eval():  # a static schedule, also when called under jit
         schedule = np.asarray(build_schedule(num_steps)) if num_steps >= 20 else np.zeros((num_steps, 2))
@@ -106,27 +136,53 @@ def window_adaptation(
         return kernel_factory(logdensity_fn, step_size=step_size, inverse_mass_matrix=imm,
                               **kernel_kwargs)
 
+    def acceptance(state, step_size, imm, key):
+        return jnp.nan_to_num(make(step_size, imm).step(key, state)[1].acceptance_rate)
+
+    def reasonable(state, step_size, imm, key):
+        """Stan's step-size re-initialisation: double (or halve) the step size until one
+        transition's acceptance rate crosses ``target``. Dual averaging then starts from a
+        step size that fits the current mass matrix and position, which keeps a chain that
+        starts in the tails (large gradients) from collapsing its step size for good."""
+        a0 = acceptance(state, step_size, imm, key)
+        factor = jnp.where(a0 > target, 2.0, 0.5)
+
+        def cond(c):
+            h, a, i = c
+            return (i < 40) & jnp.where(factor > 1.0, a > target, a < target)
+
+        def body(c):
+            h, _, i = c
+            h = h * factor
+            return h, acceptance(state, h, imm, key), i + 1
+
+        h, _, _ = jax.lax.while_loop(cond, body, (step_size, a0, 0))
+        return h
+
     def body(carry, xs):
         state, w = carry
         t, k = xs
-        state, info = make(w.step_size, w.inverse_mass_matrix).step(k, state)
+        k_step, k_search = jax.random.split(k)
+        state, info = make(w.step_size, w.inverse_mass_matrix).step(k_step, state)
         acc = jnp.nan_to_num(info.acceptance_rate)
         da = da_update(w.da, acc)
         mm = jax.lax.cond(stage[t] == 1, lambda m: mm_update(m, state.position), lambda m: m, w.mm)
 
         def end_window(da, mm):
             mm = mm_final(mm)
-            return da_init(da_final(da)), mm
+            h = reasonable(state, da_final(da), mm.inverse_mass_matrix, k_search)
+            return da_init(h), mm
 
         da, mm = jax.lax.cond(window_end[t], end_window, lambda d, m: (d, m), da, mm)
         step_size = jnp.where(t == W - 1, da_final(da), jnp.exp(da.log_step_size))
         return (state, _Warmup(da, mm, step_size, mm.inverse_mass_matrix,
                                w.acceptance_sum + acc)), None
 
-    init_key, key = jax.random.split(key)
+    init_key, search_key, key = jax.random.split(key, 3)
     mm0 = mm_init(dim)
     step0 = jnp.asarray(initial_step_size, dtype=jnp.result_type(float))
     state = make(step0, mm0.inverse_mass_matrix).init(position, init_key)
+    step0 = reasonable(state, step0, mm0.inverse_mass_matrix, search_key)
     w = _Warmup(da_init(step0), mm0, step0, mm0.inverse_mass_matrix, jnp.zeros((), step0.dtype))
     (state, w), _ = jax.lax.scan(body, (state, w), (jnp.arange(W), jax.random.split(key, W)))
     params = {"step_size": w.step_size, "inverse_mass_matrix": w.inverse_mass_matrix,

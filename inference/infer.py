@@ -10,21 +10,24 @@ import jax
 import jax.numpy as jnp
 
 from inference.initialization import candidate_positions, raise_no_valid_initial, select_initial
+from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
 from inference.nuts import NUTS
 from inference.progress import ProgressBar
 from inference.result import Result
 from inference.vi import VI
 from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
+from ppl.subsample import subsampled_plates, with_subsample_size
 from ppl.tracing import discrete_latent_sites, latent_sites, model_name, omitted_data_arguments, trace_model
 
 #: Method classes shipped with the library (used to say what fits in error messages).
 #: A method object either has ``build(logdensity_fn, num_warmup, num_samples, bar)`` (an
 #: MCMC kernel run from initial positions; see :class:`NUTS`) or
-#: ``run_model(model, args, kwargs, *, key, num_samples, num_chains, progress)`` returning
+#: ``run_model(model, args, kwargs, *, key, num_samples, num_warmup, num_chains, progress)``
+#: returning
 #: ``(samples, stats, tuning, timing)`` (a method that works on the model itself; see
 #: :class:`VI`).
-METHODS: tuple[type, ...] = (NUTS, VI)
+METHODS: tuple[type, ...] = (NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, SGHMC, VI)
 
 
 def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
@@ -127,10 +130,25 @@ def infer(
             + "NumPyro's DiscreteHMCGibbs / MixedHMC."
         )
 
+    plates = subsampled_plates(trace)
+    stochastic = getattr(method, "stochastic_gradients", False)
+    if stochastic and getattr(method, "batch_size", None) is not None:
+        sizes = {name: method.batch_size for name in plates} or {"data": method.batch_size}
+        model = with_subsample_size(model, sizes, trace)
+    elif plates and not stochastic and not getattr(method, "handles_subsampling", False):
+        capable = [m.__name__ for m in METHODS if getattr(m, "stochastic_gradients", False)]
+        raise ModelError(
+            f"model {model_name(model)} subsamples plate(s) "
+            + ", ".join(f"'{n}' ({b} of {n_})" for n, (n_, b) in plates.items())
+            + f", but {type(method).__name__} needs the full-data density. Drop "
+            "subsample_size from the plate, or use a stochastic-gradient method: "
+            + ", ".join(capable) + "."
+        )
+
     if callable(getattr(method, "run_model", None)):
         samples, stats, tuning, timing = method.run_model(
             model, tuple(args), dict(kwargs), key=key, num_samples=num_samples,
-            num_chains=num_chains, progress=progress,
+            num_warmup=num_warmup, num_chains=num_chains, progress=progress,
         )
     else:
         samples, stats, tuning, timing = _run_mcmc(
@@ -171,19 +189,28 @@ def _run_mcmc(
     init_key, run_key = jax.random.split(key)
     candidates = candidate_positions(pot, init_key, num_chains)
 
+    logdensity_fn = pot.logdensity_fn
+    if getattr(method, "stochastic_gradients", False):
+        # The kernel differentiates a fresh minibatch each step; initial points are checked
+        # on one fixed minibatch.
+        logdensity_fn = pot.logdensity_estimate
+        fixed = jax.random.key(0)
+        pot_check = lambda x: pot.logdensity_estimate(x, fixed)  # noqa: E731
+    else:
+        pot_check = pot.logdensity_fn
     bar = ProgressBar(
         num_warmup + num_samples,
         desc=type(method).__name__,
         enabled=progress,
         phases=[("warmup", num_warmup), ("sample", num_samples)],
     )
-    run = method.build(pot.logdensity_fn, num_warmup, num_samples, bar)
+    run = method.build(logdensity_fn, num_warmup, num_samples, bar)
 
     def program(key, candidates):
         # One compiled program: pick initial points, run the method, constrain the draws.
         # If some chain has no valid initial point, the method is skipped (lax.cond) and
         # the host raises an error naming the sites.
-        positions, found = select_initial(pot.logdensity_fn, candidates)
+        positions, found = select_initial(pot_check, candidates)
 
         def sample(positions):
             draws, stats, tuning = run(key, positions)

@@ -184,9 +184,12 @@ class VI:
         key: jax.Array,
         num_samples: int,
         num_chains: int,
+        num_warmup: int = 0,
         progress: bool = True,
     ) -> tuple[dict, dict, dict, dict]:
         """Fit and sample: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`.
+
+        ``num_warmup`` is unused: VI's budget is its own ``steps``.
 
         ``samples`` and ``stats`` have leading axes ``(num_chains, num_samples)``.
         """

@@ -32,6 +32,7 @@ from ppl.strategy import (
     strategies,
 )
 from ppl.potential import Potential, potential
+from ppl.subsample import subsampled_plates, with_subsample_size
 from ppl.tracing import latent_sites, trace_model
 from ppl import objectives  # noqa: E402  (objective programs written with the above)
 
@@ -47,6 +48,8 @@ __all__ = [
     "Potential",
     "trace_model",
     "latent_sites",
+    "subsampled_plates",
+    "with_subsample_size",
     "ModelError",
     "expectation",
     "Expectation",

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import util as numpyro_util
 
@@ -57,9 +58,45 @@ class Potential:
     # -- densities -------------------------------------------------------------------
     def logdensity_fn(self, position: Position) -> jax.Array:
         """Log joint density at an unconstrained position, including log-Jacobian terms."""
+        self.check_position(position)
         return -numpyro_util.potential_energy(
             self.model, self.args, self.kwargs, position, enum=False
         )
+
+    def logdensity_estimate(self, position: Position, key: jax.Array) -> jax.Array:
+        """:meth:`logdensity_fn` with each subsampled plate's minibatch drawn from ``key``.
+
+        For a model whose data plate is ``numpyro.plate("data", N, subsample_size=B)``
+        (data indexed by the plate's indices) this is an unbiased estimate of the full log
+        density: ``B`` distinct indices, the plate's terms scaled by ``N / B``. What
+        stochastic-gradient samplers differentiate. Without subsampling it equals
+        :meth:`logdensity_fn`.
+        """
+        self.check_position(position)
+        return -numpyro_util.potential_energy(
+            handlers.seed(self.model, key), self.args, self.kwargs, position, enum=False
+        )
+
+    def check_position(self, position: Position) -> None:
+        """Raise a :class:`ModelError` unless ``position`` has exactly the model's latent sites
+        with their unconstrained shapes (a shape check only: works on tracers)."""
+        if not isinstance(position, dict):
+            raise ModelError(
+                f"model {model_name(self.model)}: a position must be a dict {{site: unconstrained "
+                f"value}} with sites {self.sites}; got {type(position).__name__}."
+            )
+        missing = [n for n in self.sites if n not in position]
+        extra = [n for n in position if n not in self.sites]
+        wrong = [f"'{n}' has shape {tuple(jnp.shape(position[n]))}, expected {shape}"
+                 for n, shape in self.sites.items()
+                 if n in position and tuple(jnp.shape(position[n])) != shape]
+        if missing or extra or wrong:
+            parts = ([f"missing site(s) {missing}"] if missing else []) + \
+                    ([f"unknown site(s) {extra}"] if extra else []) + wrong
+            raise ModelError(
+                f"model {model_name(self.model)}: position does not match the model's latent "
+                f"sites {self.sites} (unconstrained shapes): " + "; ".join(parts) + "."
+            )
 
     def flat_logdensity_fn(self, flat_position: jax.Array) -> jax.Array:
         """:meth:`logdensity_fn` over a flat vector (see :meth:`ravel`)."""
@@ -67,9 +104,14 @@ class Potential:
 
     # -- spaces ----------------------------------------------------------------------
     def to_constrained(self, position: Position) -> dict[str, jax.Array]:
-        """Constrained values of all latent and deterministic sites at ``position``."""
+        """Constrained values of all latent and deterministic sites at ``position``.
+
+        A subsampled plate runs on one fixed minibatch here (its indices drawn from a fixed
+        key), so deterministic sites inside it are computed on that minibatch.
+        """
         return numpyro_util.constrain_fn(
-            self.model, self.args, self.kwargs, position, return_deterministic=True
+            handlers.seed(self.model, 0), self.args, self.kwargs, position,
+            return_deterministic=True,
         )
 
     def to_unconstrained(self, values: dict[str, Any]) -> Position:
