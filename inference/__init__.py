@@ -19,6 +19,7 @@ from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoin
 from inference.initialization import initial_positions
 from inference.nuts import NUTS
 from inference.result import Result
+from inference.smc import SMC, SMCResult, tempered_smc
 from inference.vi import VI
 
 __all__ = [
@@ -31,6 +32,9 @@ __all__ = [
     "RandomizedMidpoint",
     "SGLD",
     "SGHMC",
+    "SMC",
+    "SMCResult",
+    "tempered_smc",
     "VI",
     "METHODS",
     "fit",

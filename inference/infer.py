@@ -14,6 +14,7 @@ from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoin
 from inference.nuts import NUTS
 from inference.progress import ProgressBar
 from inference.result import Result
+from inference.smc import SMC
 from inference.vi import VI
 from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
@@ -27,7 +28,7 @@ from ppl.tracing import discrete_latent_sites, latent_sites, model_name, omitted
 #: returning
 #: ``(samples, stats, tuning, timing)`` (a method that works on the model itself; see
 #: :class:`VI`).
-METHODS: tuple[type, ...] = (NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, SGHMC, VI)
+METHODS: tuple[type, ...] = (NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, SGHMC, SMC, VI)
 
 
 def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
