@@ -149,7 +149,7 @@ def window_adaptation(
 
         def cond(c):
             h, a, i = c
-            return (i < 40) & jnp.where(factor > 1.0, a > target, a < target)
+            return (i < 10) & jnp.where(factor > 1.0, a > target, a < target)
 
         def body(c):
             h, _, i = c

@@ -244,8 +244,9 @@ def ula(logdensity_fn: Callable, step_size: float, inverse_mass_matrix: Any = No
 
 
 def _accept(key, log_ratio):
-    """Metropolis-Hastings decision; a NaN ratio (e.g. log p = NaN at the proposal) rejects."""
-    log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
+    """Metropolis-Hastings decision; a NaN or +inf ratio (log p NaN or +inf at the proposal,
+    or an overflowing energy) rejects."""
+    log_ratio = jnp.where(jnp.isnan(log_ratio) | (log_ratio == jnp.inf), -jnp.inf, log_ratio)
     acceptance_rate = jnp.exp(jnp.minimum(log_ratio, 0.0))
     is_accepted = jnp.log(jax.random.uniform(key, dtype=acceptance_rate.dtype)) < log_ratio
     return acceptance_rate, is_accepted
