@@ -11,10 +11,13 @@ Example:
     ['mu']
 """
 
-from inference import guides
+from inference import guides, kernels
 from inference.arviz_data import from_groups
+from inference.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
+from inference.kernels import compose, cycle, mixture
 from inference.fit import FitResult, NonFiniteError, fit
 from inference.infer import METHODS, infer
+from inference.langevin import mala, obabo, randomized_midpoint, sghmc, sgld, ula, underdamped
 from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
 from inference.initialization import initial_positions
 from inference.nuts import NUTS
@@ -33,6 +36,21 @@ __all__ = [
     "SGLD",
     "SGHMC",
     "SMC",
+    "Gibbs",
+    "gibbs",
+    "Enumerate",
+    "DiscreteMH",
+    "kernels",
+    "ula",
+    "mala",
+    "underdamped",
+    "obabo",
+    "randomized_midpoint",
+    "sgld",
+    "sghmc",
+    "compose",
+    "cycle",
+    "mixture",
     "SMCResult",
     "tempered_smc",
     "VI",
