@@ -327,18 +327,20 @@ class _Enumerator:
         return self.m.site_terms({**values, self.name: z})
 
     def _check_independence(self) -> None:
-        if all(b == 1 for b in self.batch):
-            return
+        """Find the terms that depend on the site (only those enter its conditional) and
+        check that each carries the site's batch axes."""
         values = {n: self.m.trace[n]["value"] for n in self.m.sites}
         z0 = jnp.broadcast_to(self.support[0], self.site.shape)
-        # Abstractly (no compilation): which terms lack some of z's batch axes?
         terms = jax.eval_shape(lambda z: self._terms(values, z), z0)
-        shared = [n for n, t in terms.items()
-                  if not _shares_axes(tuple(t.shape), self.batch, self.name, n)]
-        if not shared:
+        names = list(terms)
+        deps = _depends_on_input(lambda z: [self._terms(values, z)[n] for n in names], z0)
+        # Terms that do not depend on z are constant in z and cancel in its conditional;
+        # leaving them out also lets them have any shape (e.g. a vector of component means).
+        self.relevant = tuple(n for n, d in zip(names, deps) if d)
+        if all(b == 1 for b in self.batch):
             return
-        deps = _depends_on_input(lambda z: [self._terms(values, z)[n] for n in shared], z0)
-        bad = [n for n, d in zip(shared, deps) if d]
+        bad = [n for n in self.relevant
+               if not _shares_axes(tuple(terms[n].shape), self.batch, self.name, n)]
         if bad:
             raise ModelError(
                 f"Enumerate() on site '{self.name}' of model {self.m.name}: site(s) {bad} depend "
@@ -354,8 +356,9 @@ class _Enumerator:
         def one(value):
             z = jnp.broadcast_to(value, self.site.shape)
             total = jnp.zeros(self.batch)
-            for other, t in self._terms(values, z).items():
-                total = total + _align(t, self.batch, self.name, other)[0]
+            terms = self._terms(values, z)
+            for other in self.relevant:
+                total = total + _align(terms[other], self.batch, self.name, other)[0]
             return total
 
         return jax.vmap(one)(self.support)

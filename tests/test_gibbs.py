@@ -12,6 +12,7 @@ mis-attributed plate element) moves P(z_i = 1) by tens of SE.
 """
 
 import functools
+import importlib
 import itertools
 
 import jax
@@ -22,10 +23,12 @@ import numpyro.distributions as dist
 import pytest
 
 import inference
-from inference import gibbs as gibbs_lib
 from inference import kernels, langevin
 from inference.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
 from ppl.errors import ModelError
+
+# The module itself: the package exports the function ``gibbs`` under the same name.
+gibbs_lib = importlib.import_module("inference.gibbs")
 
 Z = 4.0
 
@@ -259,3 +262,28 @@ def test_enumerate_refuses_interacting_plate_elements():
     alg = gibbs(interacting, {"z": DiscreteMH()}, 1.0)
     state, _ = alg.step(jax.random.key(0), alg.init({"z": jnp.zeros(3, jnp.int32)}))
     assert state.position["z"].shape == (3,)
+
+
+def test_enumerate_ignores_terms_that_do_not_depend_on_the_site():
+    """A vector site outside the plate (component means, shape (2,)) does not depend on the
+    assignments, so it must not enter (nor block) their element-wise conditional. With the
+    means conditioned on, z is the only latent site and each sweep is an exact independent
+    draw of it: P(z_i = 1 | y) = N(y_i; 2, 1) / (N(y_i; -2, 1) + N(y_i; 2, 1)), and the
+    frequency over n draws has binomial SE sqrt(p (1 - p) / n)."""
+    from scipy.stats import norm
+
+    def mix(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 5.0).expand([2]))
+        with numpyro.plate("data", y.shape[0]):
+            z = numpyro.sample("z", dist.Bernoulli(0.5))
+            numpyro.sample("y", dist.Normal(mu[z], 1.0), obs=y)
+
+    y = np.array([-2.0, -0.3, 0.2, 2.5])
+    model = numpyro.handlers.condition(mix, data={"mu": jnp.array([-2.0, 2.0])})
+    r = inference.infer(model, jnp.asarray(y), method=inference.Gibbs({"z": inference.Enumerate()}),
+                        num_samples=2000, num_warmup=10, num_chains=2, key=jax.random.key(0),
+                        progress=False)
+    p = norm.pdf(y, 2.0, 1.0) / (norm.pdf(y, -2.0, 1.0) + norm.pdf(y, 2.0, 1.0))
+    freq = np.asarray(r.samples["z"]).reshape(-1, 4).mean(0)
+    se = np.sqrt(p * (1 - p) / 4000)
+    assert np.all(np.abs(freq - p) < 4 * se + 1e-12), (freq, p, se)
