@@ -332,10 +332,25 @@ def suite_vae(reps: int = 7, block_steps: int = 200, **_ignored: Any) -> dict[st
     return {"suite": record.pop("suite"), "machine": machine_info(), **record}
 
 
+# ---------------------------------------------------------------------------------------
+# suite: langevin (bench/langevin.py)
+# ---------------------------------------------------------------------------------------
+
+
+def suite_langevin(reps: int = 3, **_ignored: Any) -> dict[str, Any]:
+    """Langevin kernels on a 100-d ill-conditioned Gaussian: MALA ours vs BlackJAX
+    throughput, ESS per gradient of tuned kernels; ``--reps 1`` is the quick mode."""
+    from bench.langevin import suite_langevin as run_langevin
+
+    record = run_langevin(reps=reps)
+    return {"suite": record.pop("suite"), "machine": machine_info(), **record}
+
+
 #: Suite name -> function returning the JSON-able record (keyword arguments from the CLI).
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "nuts": suite_nuts,
     "vae": suite_vae,
+    "langevin": suite_langevin,
 }
 
 
@@ -343,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", help="one of: " + ", ".join(SUITES))
     parser.add_argument("--reps", type=int, default=None,
-                        help="repetitions (nuts: 3) or timed blocks (vae: 7)")
+                        help="repetitions (nuts: 3, langevin: 3, 1 = quick mode) "
+                             "or timed blocks (vae: 7)")
     parser.add_argument("--block-steps", type=int, default=None,
                         help="vae: optimizer steps per timed block (200)")
     parser.add_argument("--num-warmup", type=int, default=1000)
