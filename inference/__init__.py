@@ -11,7 +11,7 @@ Example:
     ['mu']
 """
 
-from inference import guides, kernels
+from inference import flow_matching, flows, guides, kernels, metrics
 from inference.arviz_data import from_groups
 from inference.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
 from inference.kernels import compose, cycle, mixture
@@ -20,6 +20,7 @@ from inference.infer import METHODS, infer
 from inference.langevin import mala, obabo, randomized_midpoint, sghmc, sgld, ula, underdamped
 from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
 from inference.initialization import initial_positions
+from inference.neutra import NeuTra
 from inference.nuts import NUTS
 from inference.result import Result
 from inference.smc import SMC, SMCResult, tempered_smc
@@ -36,6 +37,10 @@ __all__ = [
     "SGLD",
     "SGHMC",
     "SMC",
+    "NeuTra",
+    "flows",
+    "flow_matching",
+    "metrics",
     "Gibbs",
     "gibbs",
     "Enumerate",

@@ -16,6 +16,10 @@ values (base density minus the log-Jacobian of the map):
   with ``L`` lower triangular; params ``"guide.loc"`` (shape ``(D,)``) and
   ``"guide.scale_tril"`` (``(D, D)``). Each site is drawn from its conditional given the
   sites before it, so every site keeps the model's name and a proper density.
+- :func:`flow`: a normalizing flow (:mod:`inference.flows`) pushing ``N(0, I_D)`` onto all
+  unconstrained coordinates; param ``"guide.flow"`` (the flow's weights, one flat vector).
+  The joint unconstrained value is one auxiliary sample site ``"guide.u"``; each model site
+  is then a deterministic function of it (see :func:`flow`).
 
 The model's sites are read by running it once (hidden from enclosing handlers) each time the
 guide runs, so the guide follows the shapes of the arguments it is given.
@@ -50,7 +54,7 @@ from numpyro.distributions.transforms import ReshapeTransform, biject_to
 from ppl.errors import ModelError
 from ppl.tracing import model_name
 
-__all__ = ["normal", "mvn", "latent_site_info", "SiteInfo"]
+__all__ = ["normal", "mvn", "flow", "latent_site_info", "SiteInfo", "FlowDistribution"]
 
 #: Stan's and NumPyro's initialisation radius on the unconstrained scale.
 INIT_RADIUS = 2.0
@@ -259,3 +263,169 @@ def mvn(
         return out
 
     return _named(guide, model, "mvn")
+
+
+class FlowDistribution(dist.Distribution):
+    """``T_theta`` pushing ``N(0, I_D)`` forward: a distribution over ``R^D``.
+
+    ``sample`` is reparameterised (``x = T(eps)``, ``eps ~ N(0, I)``), so the Reparam
+    strategy applies; ``log_prob`` inverts the flow (``log N(T^{-1}(x)) + log |det J_{T^{-1}}|``),
+    so it is the exact density at any ``x``, as objectives that score given values
+    (RWS wake-q, forward KL) need. Data field: ``theta``; the
+    :class:`inference.flows.FlowSpec` is static.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from inference.flows import FlowSpec
+        >>> spec = FlowSpec("affine_coupling", dim=2, layers=1, width=4)
+        >>> d = FlowDistribution(spec.init(jax.random.key(0)), spec)
+        >>> d.sample(jax.random.key(1), (3,)).shape, round(float(d.log_prob(jnp.zeros(2))), 4)
+        ((3, 2), -1.8379)
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    reparametrized_params: list = []
+    pytree_data_fields = ("theta",)
+    pytree_aux_fields = ("spec",)
+
+    def __init__(self, theta: jax.Array, spec: Any, *, validate_args: bool | None = None):
+        self.theta, self.spec = theta, spec
+        super().__init__(batch_shape=(), event_shape=(spec.dim,), validate_args=validate_args)
+
+    def sample(self, key: jax.Array, sample_shape: tuple = ()) -> jax.Array:
+        eps = jax.random.normal(key, tuple(sample_shape) + (self.spec.dim,),
+                                jnp.result_type(self.theta))
+        flat = eps.reshape((-1, self.spec.dim))
+        x = jax.vmap(lambda e: self.spec.forward(self.theta, e)[0])(flat)
+        return x.reshape(eps.shape)
+
+    def log_prob(self, value: jax.Array) -> jax.Array:
+        value = jnp.asarray(value)
+        flat = value.reshape((-1, self.spec.dim))
+        lp = jax.vmap(lambda x: self.spec.log_prob(self.theta, x))(flat)
+        return lp.reshape(value.shape[:-1])
+
+
+class _Pushed(dist.Distribution):
+    """A site that is a deterministic function of an earlier site: always ``v``, with log
+    density ``log_density`` (the log-Jacobian term of the map), whatever value it is scored
+    at (the value is ``v`` by construction: the guide computes it from the earlier site)."""
+
+    arg_constraints = {"v": constraints.real, "log_density": constraints.real}
+    reparametrized_params = ["v", "log_density"]
+    pytree_data_fields = ("v", "log_density")
+    pytree_aux_fields = ("_support",)
+
+    def __init__(self, v: jax.Array, log_density: jax.Array, support: Any, event_dim: int):
+        self.v, self.log_density, self._support = v, log_density, support
+        shape = jnp.shape(v)
+        super().__init__(batch_shape=(), event_shape=shape[len(shape) - event_dim:] if event_dim
+                         else (), validate_args=False)
+
+    @constraints.dependent_property(is_discrete=False)
+    def support(self):
+        return self._support
+
+    def sample(self, key: jax.Array, sample_shape: tuple = ()) -> jax.Array:
+        return jnp.broadcast_to(self.v, tuple(sample_shape) + jnp.shape(self.v))
+
+    def log_prob(self, value: jax.Array) -> jax.Array:
+        lead = jnp.shape(value)[: jnp.ndim(value) - jnp.ndim(self.v)]
+        return jnp.broadcast_to(self.log_density, lead)
+
+
+def flow(
+    model: Callable,
+    kind: str = "affine_coupling",
+    *,
+    layers: int = 4,
+    width: int = 32,
+    depth: int = 1,
+    knots: int = 8,
+    interval: float = 5.0,
+    activation: str = "tanh",
+    permutation: str = "reverse",
+    seed: int = 0,
+    prefix: str = "guide",
+) -> Callable:
+    """Normalizing-flow guide over all of ``model``'s unconstrained latent coordinates.
+
+    ``u = T_theta(eps)``, ``eps ~ N(0, I_D)``, with ``T`` a flow of ``kind`` (see
+    :mod:`inference.flows`: ``"affine_coupling"`` (RealNVP), ``"spline_coupling"``
+    (rational-quadratic splines), ``"iaf"``, ``"maf"``). ``u`` stacks the sites' flattened
+    unconstrained values in model order (as in :func:`mvn`).
+
+    Sites: ``f"{prefix}.u"`` samples ``u`` from :class:`FlowDistribution` (reparameterised;
+    its ``log_prob`` is the flow's exact density), then each model site ``name`` is sampled
+    as the deterministic value ``biject_to(support)(u_name)`` whose log density is
+    ``-log |det J|`` of that map, so ``ppl.sim(guide)`` gives the correct ``log q`` of the
+    constrained values and ``ppl.density(guide, values)`` works when ``values`` holds ``u``
+    (as every value drawn from the guide does). Param: ``f"{prefix}.flow"``, the flow's
+    weights as one flat vector, initialised so that the flow is the identity (the guide
+    starts at ``N(0, I)`` on the unconstrained space).
+
+    Args:
+        model: the model whose latent sites the guide covers (continuous ones only).
+        kind: the flow kind, one of :data:`inference.flows.KINDS`.
+        layers, width, depth: flow layers; hidden units and hidden layers per conditioner.
+        knots, interval: the splines' knots and half-width (``"spline_coupling"``).
+        activation: the conditioners' activation.
+        permutation, seed: the reordering between layers (``"reverse"`` or ``"random"``,
+            fixed by ``seed``); see :class:`inference.flows.FlowSpec`.
+        prefix: prefix of the param and auxiliary site names.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist, ppl
+        >>> def model(y=None):
+        ...     s = numpyro.sample("s", dist.HalfNormal(1.0))
+        ...     numpyro.sample("y", dist.Normal(0.0, s), obs=y)
+        >>> guide = flow(model, kind="iaf", layers=2, width=8)
+        >>> params = ppl.init_params(guide, jax.random.key(0), y=0.5)
+        >>> sorted(params), params["guide.flow"].ndim
+        (['guide.flow'], 1)
+        >>> tr = numpyro.handlers.trace(numpyro.handlers.seed(ppl.with_params(guide, params), 1)
+        ...                             ).get_trace(y=0.5)
+        >>> bool(tr["s"]["value"] > 0), tr["guide.u"]["value"].shape
+        (True, (1,))
+    """
+    if not callable(model):
+        raise TypeError(f"guides.flow(model): model must be a callable program, got {model!r}.")
+    from inference.flows import FlowSpec, check_kind
+
+    kind = check_kind(kind, "guides.flow")
+    if not (isinstance(prefix, str) and prefix):
+        raise ValueError(f"guides.flow(prefix={prefix!r}): must be a non-empty string.")
+    options = dict(layers=layers, width=width, depth=depth, knots=knots, interval=interval,
+                   activation=activation, permutation=permutation, seed=seed)
+    FlowSpec(kind, 2, **options)  # check the options now, not at the first call
+    specs: dict[int, Any] = {}  # by dimension; only specs built outside a trace are kept
+
+    def spec_for(dim: int) -> Any:
+        if dim in specs:
+            return specs[dim]
+        spec = FlowSpec(kind, dim, **options)
+        if spec.concrete:
+            specs[dim] = spec
+        return spec
+
+    def guide(*args: Any, **kwargs: Any) -> dict[str, jax.Array]:
+        sites = latent_site_info(model, *args, **kwargs)
+        spec = spec_for(sum(info.size for info in sites.values()))
+        theta = numpyro.param(f"{prefix}.flow", spec.init)
+        u = numpyro.sample(f"{prefix}.u", FlowDistribution(theta, spec),
+                           infer={"is_auxiliary": True})
+        out, start = {}, 0
+        for name, info in sites.items():
+            stop = start + info.size
+            u_site = jnp.reshape(u[start:stop], info.shape)
+            t = info.transform
+            value = t(u_site)
+            log_det = jnp.sum(t.log_abs_det_jacobian(u_site, value))
+            out[name] = numpyro.sample(name, _Pushed(value, -log_det, t.codomain,
+                                                     jnp.ndim(value)))
+            start = stop
+        return out
+
+    guide.kind = kind
+    return _named(guide, model, f"flow_{kind}")

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from inference.gibbs import Gibbs
 from inference.initialization import candidate_positions, raise_no_valid_initial, select_initial
 from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
+from inference.neutra import NeuTra
 from inference.nuts import NUTS
 from inference.progress import ProgressBar
 from inference.result import Result
@@ -29,7 +30,7 @@ from ppl.tracing import discrete_latent_sites, latent_sites, model_name, omitted
 #: returning
 #: ``(samples, stats, tuning, timing)`` (a method that works on the model itself; see
 #: :class:`VI`).
-METHODS: tuple[type, ...] = (NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, SGHMC, SMC, Gibbs, VI)
+METHODS: tuple[type, ...] = (NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, SGHMC, SMC, Gibbs, NeuTra, VI)
 
 
 def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:

@@ -50,7 +50,8 @@ from ppl.tracing import latent_sites, model_name, trace_model
 __all__ = ["VI", "GUIDES", "objective_names"]
 
 #: Guide families by name (each ``family(model) -> guide``).
-GUIDES: dict[str, Callable] = {"normal": guides_lib.normal, "mvn": guides_lib.mvn}
+GUIDES: dict[str, Callable] = {"normal": guides_lib.normal, "mvn": guides_lib.mvn,
+                               "flow": guides_lib.flow}
 
 
 def objective_names() -> list[str]:
@@ -100,8 +101,11 @@ class VI:
             ``(params, *model_args)`` (e.g. ``lambda m, g: ppl.objectives.iwae(m, g, K=16)``,
             or your own objective written with ``@ppl.expectation``). A quantity to maximize.
         guide: ``"normal"`` (mean-field, :func:`inference.guides.normal`), ``"mvn"``
-            (full-rank, :func:`inference.guides.mvn`), or a guide program taking the model's
+            (full-rank, :func:`inference.guides.mvn`), ``"flow"`` (a normalizing flow,
+            :func:`inference.guides.flow`), or a guide program taking the model's
             arguments and sampling every latent site of the model.
+        guide_options: keyword arguments for the named guide family, e.g.
+            ``{"kind": "iaf", "layers": 4}`` for ``"flow"`` or ``{"init_scale": 0.5}``.
         steps: optimizer steps.
         optimizer: an optax transformation; default ``optax.adam(1e-2)``.
         num_particles: independent objective estimates averaged per step.
@@ -120,6 +124,7 @@ class VI:
     steps: int = 5000
     optimizer: Any = None
     num_particles: int = 1
+    guide_options: dict | None = None
 
     handles_discrete: ClassVar[bool] = False
     needs_gradients: ClassVar[bool] = True
@@ -132,13 +137,27 @@ class VI:
         if isinstance(self.guide, str):
             if self.guide not in GUIDES:
                 raise ValueError(
-                    f"VI(guide={self.guide!r}): unknown guide; use one of {sorted(GUIDES)} or a "
+                    f"VI(guide={self.guide!r}): unknown guide; use one of "
+                    f"{sorted(n for n in GUIDES if n != 'flow')} (Normal families), 'flow' (a "
+                    "normalizing flow, inference.guides.flow) or a "
                     "guide program (a function taking the model's arguments)."
                 )
         elif not callable(self.guide):
             raise TypeError(
                 f"VI(guide={self.guide!r}): must be one of {sorted(GUIDES)} or a guide program."
             )
+        if self.guide_options is not None:
+            if not isinstance(self.guide_options, dict):
+                raise TypeError(f"VI(guide_options={self.guide_options!r}): must be a dict of "
+                                "keyword arguments for the guide family.")
+            if not isinstance(self.guide, str):
+                raise ValueError("VI(guide_options=...): applies to a named guide family "
+                                 f"({sorted(GUIDES)}), not to a guide program.")
+            try:
+                inspect.signature(GUIDES[self.guide]).bind(None, **self.guide_options)
+            except TypeError as err:
+                raise ValueError(f"VI(guide={self.guide!r}, guide_options="
+                                 f"{self.guide_options!r}): {err}") from None
         if isinstance(self.objective, str):
             names = objective_names()
             if self.objective not in names:
@@ -159,7 +178,9 @@ class VI:
     # -- pieces ------------------------------------------------------------------------
     def make_guide(self, model: Callable) -> Callable:
         """The guide program for ``model`` (the named family, or the user's guide)."""
-        return GUIDES[self.guide](model) if isinstance(self.guide, str) else self.guide
+        if isinstance(self.guide, str):
+            return GUIDES[self.guide](model, **(self.guide_options or {}))
+        return self.guide
 
     def make_objective(self, model: Callable, guide: Callable) -> ppl.Expectation:
         """The objective over ``(params, *model_args)``, averaged over ``num_particles``."""
