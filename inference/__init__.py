@@ -11,7 +11,7 @@ Example:
     ['mu']
 """
 
-from inference import flow_matching, flows, guides, kernels, metrics
+from inference import flow_matching, flows, guides, kernels, metrics, score
 from inference.arviz_data import from_groups
 from inference.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
 from inference.kernels import compose, cycle, mixture
@@ -41,6 +41,7 @@ __all__ = [
     "flows",
     "flow_matching",
     "metrics",
+    "score",
     "Gibbs",
     "gibbs",
     "Enumerate",
