@@ -31,6 +31,7 @@ density).
 
 from __future__ import annotations
 
+import abc
 import functools
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -54,7 +55,7 @@ def _positive(owner: str, name: str, value: Any, allow_none: bool = True) -> Non
 
 
 @dataclass(frozen=True)
-class _LangevinMethod:
+class _LangevinMethod(abc.ABC):
     """Fields and the ``build`` shared by every Langevin method (see the module docstring)."""
 
     step_size: float | None = None
@@ -100,9 +101,9 @@ class _LangevinMethod:
         """The tuned step size, capped where the kernel needs it."""
         return step_size
 
+    @abc.abstractmethod
     def factory(self) -> Callable:
         """The kernel factory of :mod:`inference.langevin` (``f(logdensity_fn, step_size, ...)``)."""
-        raise NotImplementedError  # every concrete method overrides this
 
     def kernel_kwargs(self) -> dict[str, Any]:
         """Fixed keyword arguments of the kernel (e.g. ``friction``)."""

@@ -55,6 +55,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -93,13 +94,13 @@ class Process(eqx.Module):
     t_min: float
     t_max: float
 
+    @abc.abstractmethod
     def marginal(self, t) -> tuple[jax.Array, jax.Array]:
         """``(a(t), s(t))``: the mean scale and the std of ``x_t`` given ``x0``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def t_from_log_snr(self, lam) -> jax.Array:
         """The inverse of :meth:`log_snr`."""
-        raise NotImplementedError
 
     def log_snr(self, t) -> jax.Array:
         """``lambda(t) = log(a / s)``, decreasing in ``t``."""
