@@ -53,9 +53,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 import ppl
 from inference.progress import ProgressBar, chunk_sizes
+from inference.sharding import constrain_leading, mesh_for, put_replicated
 
 __all__ = ["fit", "FitResult", "NonFiniteError", "split_arguments"]
 
@@ -173,6 +175,26 @@ def _check_batch(batch: Any, args: tuple) -> tuple[int, int, int] | None:
     return argnum, size, n
 
 
+def _data_mesh(data_sharding: Any, batching: tuple[int, int, int] | None) -> Mesh | None:
+    if data_sharding is None:
+        return None
+    if batching is None:
+        raise ValueError(
+            "fit: data_sharding splits each step's minibatch over devices; pass "
+            "batch=(argnum, batch_size) to say which data argument is batched."
+        )
+    size = batching[1]
+    if isinstance(data_sharding, Mesh):
+        if len(data_sharding.axis_names) != 1:
+            raise ValueError(f"fit: data_sharding mesh must have one axis; got axes "
+                             f"{data_sharding.axis_names}.")
+        devices = list(data_sharding.devices.flat)
+    else:
+        devices = data_sharding
+    return mesh_for(devices, size, what="minibatch rows (batch_size)", owner="fit",
+                    fallback=False)
+
+
 def fit(
     objective: ppl.Expectation,
     params: Any,
@@ -183,6 +205,7 @@ def fit(
     batch: tuple[int, int] | None = None,
     progress: bool | ProgressBar = True,
     updates: int = 20,
+    data_sharding: Any = None,
 ) -> FitResult:
     """Maximize ``objective(params, *args)`` over ``params`` with ``optimizer``.
 
@@ -199,6 +222,13 @@ def fit(
             along its leading axis each step (see the module docstring for the scaling).
         progress: show a progress bar, or a :class:`ProgressBar` to report to.
         updates: how many chunks the run is split into (host checks and bar updates).
+        data_sharding: data-parallel training over devices (with ``batch``): each step's
+            minibatch is split along its leading axis over the devices and the parameters
+            and optimizer state are replicated, in one compiled program (XLA sums the
+            gradient across devices). ``"all"``, a number of devices, a list of
+            ``jax.Device`` or a :class:`jax.sharding.Mesh` with one axis (see
+            :mod:`inference.sharding`); ``batch_size`` must divide by the number of
+            devices. ``None`` (default): one device.
 
     Returns:
         :class:`FitResult` ``(params, values)`` with ``values`` of shape ``(steps,)``.
@@ -238,6 +268,7 @@ def fit(
     names = _leaf_names(params)
 
     dyn, full_args = split_arguments(args)
+    mesh = _data_mesh(data_sharding, batching)
 
     @ppl.expectation
     def bound(params, dyn):  # the objective with its fixed arguments closed over
@@ -249,7 +280,8 @@ def fit(
         argnum, size, n = batching
         idx = jax.random.choice(k, n, (size,), replace=False)
         data = full_args(dyn)
-        data = data[:argnum] + (jax.tree.map(lambda x: x[idx], data[argnum]),) + data[argnum + 1:]
+        part = constrain_leading(jax.tree.map(lambda x: x[idx], data[argnum]), mesh, size)
+        data = data[:argnum] + (part,) + data[argnum + 1:]
         return split_arguments(data)[0]
 
     def finite(tree_) -> jax.Array:
@@ -312,6 +344,8 @@ def fit(
         return jax.lax.scan(body, carry, start + jnp.arange(chunk))
 
     state = (params, optimizer.init(params))
+    if mesh is not None:  # parameters, optimizer state and the full data: a copy per device
+        state, dyn = put_replicated((state, dyn), mesh)
     bar = progress if isinstance(progress, ProgressBar) else ProgressBar(
         steps, desc="fit", enabled=bool(progress)
     )

@@ -87,6 +87,7 @@ from numpyro.infer.initialization import init_to_uniform
 
 from inference import progress as progress_lib
 from inference.kernels import _acceptance, info_n_grad
+from inference.sharding import constrain_leading, describe, gather, mesh_for
 from ppl.errors import ModelError
 from ppl.tracing import latent_sites, model_name, trace_model
 
@@ -680,9 +681,14 @@ class Gibbs:
         num_warmup: int,
         num_chains: int,
         progress: bool = True,
+        devices: Any = None,
     ) -> tuple[dict, dict, dict, dict]:
-        """Run the chains: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`."""
+        """Run the chains: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`.
+
+        ``devices``: the chains split over devices (see :mod:`inference.sharding`).
+        """
         m = _Model(model, args, kwargs)
+        mesh = mesh_for(devices, int(num_chains), what="chains", owner="Gibbs")
         sampler = _Sampler(m, self.blocks)
         W, S, C, T = int(num_warmup), int(num_samples), int(num_chains), self.init_tries
         bar = progress_lib.ProgressBar(W + S, desc="Gibbs", enabled=progress,
@@ -707,6 +713,7 @@ class Gibbs:
         def program(key):
             k_init, k_state, k_run = jax.random.split(key, 3)
             positions, found = jax.vmap(initial)(jax.random.split(k_init, C))
+            positions = constrain_leading(positions, mesh, C)
             state = jax.vmap(sampler.init)(positions, jax.random.split(k_state, C))
             draws = jax.tree.map(lambda x: jnp.zeros((S,) + x.shape, x.dtype), state.position)
             fdt = state.logdensity.dtype
@@ -733,13 +740,14 @@ class Gibbs:
             swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
             draws, stats = jax.tree.map(swap, draws), jax.tree.map(swap, stats)
             samples = jax.vmap(jax.vmap(m.constrain))(draws)
-            return samples, stats, found
+            return constrain_leading((samples, stats), mesh, C) + (found,)
 
         t0 = time.perf_counter()
         compiled = jax.jit(program).lower(key).compile()
         t1 = time.perf_counter()
         try:
-            samples, stats, found = jax.block_until_ready(compiled(key))
+            samples, stats, found = gather(jax.block_until_ready(compiled(key)))
+            jax.effects_barrier()  # every progress callback has run before the bar closes
         finally:
             bar.close()
         t2 = time.perf_counter()
@@ -751,4 +759,5 @@ class Gibbs:
                 "parameters, or raise init_tries."
             )
         tuning = {"blocks": [list(b.names) for b in sampler.blocks]}
-        return samples, stats, tuning, {"compile": t1 - t0, "run": t2 - t1}
+        return samples, stats, tuning, {"compile": t1 - t0, "run": t2 - t1,
+                                        "devices": describe(mesh)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import time
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from inference.neutra import NeuTra
 from inference.nuts import NUTS
 from inference.progress import ProgressBar
 from inference.result import Result
+from inference.sharding import constrain_leading, describe, gather, mesh_for, put_leading
 from inference.smc import SMC
 from inference.vi import VI
 from ppl.errors import ModelError
@@ -72,6 +74,7 @@ def infer(
     num_chains: int = 4,
     key: jax.Array | int | None = None,
     progress: bool = True,
+    devices: Any = None,
     **kwargs: Any,
 ) -> Result:
     """Draw from the posterior of ``model(*args, **kwargs)`` with ``method``.
@@ -86,6 +89,14 @@ def infer(
         num_chains: independent chains, run with ``jax.vmap`` in one compiled program.
         key: ``jax.random.key(...)`` or an int seed; the same key gives the same draws.
         progress: show a progress bar (updated a few times per run, not every step).
+        devices: which devices the chains are split over (one compiled program, the chain
+            axis sharded; see :mod:`inference.sharding`): ``None`` (default) uses every
+            device JAX sees when ``num_chains`` divides by their number, else the largest
+            number of them that divides it; ``"all"``, a number ``k`` (the first ``k``
+            devices) or a list of ``jax.Device`` must divide ``num_chains`` (else a
+            ``ValueError``). The same key gives the same draws on any number of devices.
+            ``result.timing["devices"]`` says how many ran. Methods that run on the model
+            (SMC, NeuTra) split their chains too; VI runs on one device.
 
     Returns:
         A :class:`Result` with ``samples`` of shape (chains, draws, *site_shape) for every
@@ -149,13 +160,23 @@ def infer(
         )
 
     if callable(getattr(method, "run_model", None)):
+        extra = {}
+        if "devices" in inspect.signature(method.run_model).parameters:
+            extra["devices"] = devices
+        elif devices is not None:
+            raise ValueError(
+                f"infer: {type(method).__name__} does not split its work over devices; "
+                "leave devices=None (its chains, if any, run on the default device)."
+            )
         samples, stats, tuning, timing = method.run_model(
             model, tuple(args), dict(kwargs), key=key, num_samples=num_samples,
-            num_warmup=num_warmup, num_chains=num_chains, progress=progress,
+            num_warmup=num_warmup, num_chains=num_chains, progress=progress, **extra,
         )
     else:
+        mesh = mesh_for(devices, num_chains, what="chains", owner="infer")
         samples, stats, tuning, timing = _run_mcmc(
-            method, model, args, kwargs, key, num_samples, num_warmup, num_chains, progress
+            method, model, args, kwargs, key, num_samples, num_warmup, num_chains, progress,
+            mesh,
         )
     observed = {
         name: site["value"]
@@ -186,11 +207,16 @@ def _run_mcmc(
     num_warmup: int,
     num_chains: int,
     progress: bool,
+    mesh: Any = None,
 ) -> tuple[dict, dict, dict, dict]:
-    """An MCMC method (``method.build``) from valid initial points, in one compiled program."""
+    """An MCMC method (``method.build``) from valid initial points, in one compiled program.
+
+    With a device ``mesh`` (:func:`inference.sharding.mesh_for`) the chain axis of the
+    initial points, the draws and the per-chain statistics is split over its devices.
+    """
     pot = make_potential(model, *args, **kwargs)
     init_key, run_key = jax.random.split(key)
-    candidates = candidate_positions(pot, init_key, num_chains)
+    candidates = put_leading(candidate_positions(pot, init_key, num_chains), mesh, num_chains)
 
     logdensity_fn = pot.logdensity_fn
     if getattr(method, "stochastic_gradients", False):
@@ -214,10 +240,12 @@ def _run_mcmc(
         # If some chain has no valid initial point, the method is skipped (lax.cond) and
         # the host raises an error naming the sites.
         positions, found = select_initial(pot_check, candidates)
+        positions = constrain_leading(positions, mesh, num_chains)
 
         def sample(positions):
             draws, stats, tuning = run(key, positions)
-            return jax.vmap(jax.vmap(pot.to_constrained))(draws), stats, tuning
+            out = jax.vmap(jax.vmap(pot.to_constrained))(draws), stats, tuning
+            return constrain_leading(out, mesh, num_chains)
 
         skipped = jax.tree.map(
             lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sample, positions)
@@ -229,9 +257,13 @@ def _run_mcmc(
     t1 = time.perf_counter()
     try:
         (samples, stats, tuning), found = jax.block_until_ready(compiled(run_key, candidates))
+        jax.effects_barrier()  # every progress callback has run before the bar closes
     finally:
         bar.close()
     t2 = time.perf_counter()
+    # On several hosts each process holds its devices' chains: fetched once, here.
+    samples, stats, tuning, found, candidates = gather((samples, stats, tuning, found, candidates))
     if not bool(jnp.all(found)):
         raise_no_valid_initial(pot, candidates, found)
-    return samples, stats, tuning, {"compile": t1 - t0, "run": t2 - t1}
+    return samples, stats, tuning, {"compile": t1 - t0, "run": t2 - t1,
+                                    "devices": describe(mesh)}

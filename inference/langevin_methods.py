@@ -237,7 +237,7 @@ def _run(method, logdensity_fn, W, S, bar, key, positions):
     warm_key, key = jax.random.split(key)
     state, step_size, imm, diag = jax.vmap(warm)(jax.random.split(warm_key, num_chains), positions)
     if bar is not None and bar.enabled:
-        jax.debug.callback(bar.update, W, {"step size": jnp.mean(step_size)}, ordered=True)
+        jax.debug.callback(bar.update, W, {"step size": jnp.mean(step_size)})
     keys = jax.random.split(key, (S, num_chains))
     draws = jax.tree.map(lambda x: jnp.zeros((S,) + x.shape, x.dtype), state.position)
     shapes = jax.eval_shape(step, keys[0], state, step_size, imm)[1]

@@ -197,6 +197,7 @@ class NeuTra:
         num_chains: int,
         num_warmup: int = 1000,
         progress: bool = True,
+        devices: Any = None,
     ) -> tuple[dict, dict, dict, dict]:
         """Fit the flow, then run the kernel on the transported model: ``(samples, stats,
         tuning, timing)`` for :class:`inference.Result`, draws of the original sites."""
@@ -225,7 +226,7 @@ class NeuTra:
         transported = transported_model(model_k, spec, theta, sites, model_params)
         result = infer(transported, *args, method=self.kernel, num_samples=num_samples,
                        num_warmup=num_warmup, num_chains=num_chains, key=run_key,
-                       progress=progress)
+                       progress=progress, devices=devices)
         samples = {k: v for k, v in result.samples.items() if not k.startswith("_neutra")}
         tuning = dict(result.tuning or {})
         tuning.update({"vi_objective": fitted.values, "params": constrained})

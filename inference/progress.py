@@ -2,8 +2,13 @@
 
 Calling the host every step serialises the device against Python (NumPyro's SVI bar once
 cost 7x the run time that way). Here the loop is split into ~``updates`` chunks: an inner
-``scan`` runs a chunk on the device, then one ordered ``jax.debug.callback`` moves the bar.
+``scan`` runs a chunk on the device, then one ``jax.debug.callback`` moves the bar.
 The whole loop stays one compiled program.
+
+The callbacks are unordered: JAX refuses ordered callbacks in a program that spans several
+devices (chains sharded by :mod:`inference.sharding`), so the bar only ever moves forward
+(a late report of an earlier count is dropped) and the caller runs
+``jax.effects_barrier()`` before closing it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class ProgressBar:
             return
         if self._bar is None:
             self._bar = tqdm(total=self.total, desc=self.desc, leave=True, dynamic_ncols=True)
+        elif int(done) < self._bar.n:  # unordered callbacks: a stale report
+            return
         if self.phases:
             desc, end = self.phases[-1][0], 0
             for name, n in self.phases:
@@ -113,7 +120,7 @@ def scan(
 
     def report(carry, done):
         extra = postfix_fn(carry) if postfix_fn is not None else {}
-        jax.debug.callback(bar.update, done, extra, ordered=True)
+        jax.debug.callback(bar.update, done, extra)
 
     n_chunks, chunk = chunk_sizes(length, updates)
     padded = n_chunks * chunk

@@ -90,6 +90,7 @@ from numpyro.distributions.transforms import biject_to
 
 from inference import langevin
 from inference.progress import ProgressBar
+from inference.sharding import constrain_leading, describe, gather, mesh_for, put_leading
 from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
 from ppl.tracing import latent_sites, model_name, trace_model
@@ -424,6 +425,7 @@ def tempered_smc(
     adapt_step_size: bool = True,
     max_stages: int = 200,
     callback: Callable[[jax.Array], None] | None = None,
+    mesh: Any = None,
 ) -> SMCResult:
     """Tempered SMC from prior draws ``positions`` to the posterior; a pure, jittable function.
 
@@ -454,6 +456,9 @@ def tempered_smc(
         callback: called inside the program after each stage with the new inverse
             temperature (a traced scalar); reach the host from it with
             ``jax.debug.callback`` (e.g. for a progress bar).
+        mesh: a device mesh (:func:`inference.sharding.mesh_for`) to split the particles
+            over: the moves run where the particles are, and resampling gathers across
+            devices. ``None``: wherever ``positions`` are.
 
     Returns:
         An :class:`SMCResult`.
@@ -497,6 +502,8 @@ def tempered_smc(
 
     flat = jax.vmap(lambda p: ravel_pytree(p)[0])
     loglik_all = jax.vmap(loglikelihood_fn)
+    split = lambda p: constrain_leading(p, mesh, n)  # noqa: E731
+    positions = split(positions)
 
     def stage(carry, beta_next):
         particles, loglik, beta, log_z, h, n_grad, key = carry
@@ -510,7 +517,7 @@ def tempered_smc(
         mean = w @ x
         var = jnp.maximum(w @ (x - mean) ** 2, 1e-12)
         idx = resample_fn(k_res, w, n)
-        particles = jax.tree.map(lambda v: v[idx], particles)
+        particles = split(jax.tree.map(lambda v: v[idx], particles))
 
         def tempered(p):
             return logprior_fn(p) + beta_next * loglikelihood_fn(p)
@@ -532,6 +539,7 @@ def tempered_smc(
             return state.position, jnp.mean(acc), jnp.sum(grads) + init_grads
 
         particles, acc, grads = jax.vmap(one)(particles, jax.random.split(k_move, n))
+        particles = split(particles)
         acc = jnp.mean(acc)
         n_grad = n_grad + jnp.sum(grads)
         h_used = jnp.asarray(h, dtype)
@@ -716,10 +724,13 @@ class SMC:
         num_chains: int,
         num_warmup: int = 0,
         progress: bool = True,
+        devices: Any = None,
     ) -> tuple[dict, dict, dict, dict]:
         """Run ``num_chains`` independent SMCs: ``(samples, stats, tuning, timing)``.
 
         ``samples`` and ``stats`` have leading axes ``(num_chains, num_samples)``.
+        ``devices`` (see :mod:`inference.sharding`): several chains are split over devices
+        by chain; a single chain splits its particles over them instead.
         """
         del num_warmup  # the tempering path is SMC's warmup
         n = self.num_particles
@@ -753,6 +764,11 @@ class SMC:
                 "with a sampler. Use a proper prior or a method such as NUTS."
             ) from None
         logprior, loglik = _split_potential(model, args, kwargs, sites)
+        if num_chains > 1:
+            chain_mesh, particle_mesh = mesh_for(devices, num_chains, what="chains",
+                                                 owner="SMC"), None
+        else:
+            chain_mesh, particle_mesh = None, mesh_for(devices, n, what="particles", owner="SMC")
 
         # Progress: percent of the tempering path covered by the slowest chain.
         bar = ProgressBar(100, desc="SMC", enabled=progress)
@@ -775,7 +791,7 @@ class SMC:
                 target_ess=self.target_ess, resampling=self.resampling,
                 init_step_size=self.init_step_size, target_acceptance=self.target_acceptance,
                 adapt_step_size=self.adapt_step_size, max_stages=self.max_stages,
-                callback=on_stage if progress else None,
+                callback=on_stage if progress else None, mesh=particle_mesh,
             )
             idx = jax.random.choice(k_pick, n, (num_samples,), replace=False)
             draws = jax.tree.map(lambda v: v[idx], out.particles)
@@ -789,13 +805,15 @@ class SMC:
             }
             return samples, {"lp": lp, "n_grad": n_grad}, tuning
 
-        program = jax.jit(jax.vmap(one_chain))
+        program = jax.jit(lambda k, c: constrain_leading(jax.vmap(one_chain)(k, c), chain_mesh,
+                                                         num_chains))
         keys, chains = jax.random.split(key, num_chains), jnp.arange(num_chains)
+        keys, chains = put_leading((keys, chains), chain_mesh, num_chains)
         t0 = time.perf_counter()
         compiled = program.lower(keys, chains).compile()
         t1 = time.perf_counter()
         try:
-            samples, stats, tuning = jax.block_until_ready(compiled(keys, chains))
+            samples, stats, tuning = gather(jax.block_until_ready(compiled(keys, chains)))
             jax.effects_barrier()  # every progress callback has run before the bar closes
         finally:
             bar.close()
@@ -808,4 +826,5 @@ class SMC:
                 "evidence are not the posterior's. Raise max_stages or lower target_ess.",
                 stacklevel=3,
             )
-        return samples, stats, tuning, {"compile": t1 - t0, "run": t2 - t1}
+        return samples, stats, tuning, {"compile": t1 - t0, "run": t2 - t1,
+                                        "devices": describe(chain_mesh or particle_mesh)}
