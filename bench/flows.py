@@ -174,28 +174,37 @@ def bench_neutra(quick: bool) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small budgets (a smoke run)")
-    parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
-    parser.add_argument("--parts", default="vi,neutra", help="comma-separated: vi, neutra")
-    args = parser.parse_args(argv)
-    parts = [p for p in args.parts.split(",") if p]
+def suite_flows(quick: bool = False, parts: tuple[str, ...] = ("vi", "neutra"),
+                **_ignored: Any) -> dict[str, Any]:
+    """Flow-guide VI vs mean-field VI (funnel, banana) and NeuTra vs NUTS (eight schools)."""
     unknown = set(parts) - {"vi", "neutra"}
     if unknown:
-        parser.error(f"unknown part(s) {sorted(unknown)}; use vi, neutra")
+        raise ValueError(f"unknown part(s) {sorted(unknown)}; use vi, neutra")
     result: dict[str, Any] = {
         "suite": "flows",
-        "quick": args.quick,
+        "quick": quick,
         "jax": jax.__version__,
         "numpyro": numpyro.__version__,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
     }
     if "vi" in parts:
-        result["vi"] = bench_vi(args.quick)
+        result["vi"] = bench_vi(quick)
     if "neutra" in parts:
-        result["neutra"] = bench_neutra(args.quick)
+        result["neutra"] = bench_neutra(quick)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small budgets (a smoke run)")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+    parser.add_argument("--parts", default="vi,neutra", help="comma-separated: vi, neutra")
+    args = parser.parse_args(argv)
+    try:
+        result = suite_flows(args.quick, tuple(p for p in args.parts.split(",") if p))
+    except ValueError as e:
+        parser.error(str(e))
     text = json.dumps(result, indent=2)
     print(text)
     if not args.no_save:

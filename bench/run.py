@@ -346,11 +346,53 @@ def suite_langevin(reps: int = 3, **_ignored: Any) -> dict[str, Any]:
     return {"suite": record.pop("suite"), "machine": machine_info(), **record}
 
 
+# ---------------------------------------------------------------------------------------
+# suites in their own modules (each also runs standalone: python bench/<name>.py)
+# ---------------------------------------------------------------------------------------
+
+
+def suite_flows(quick: bool = False, **_ignored: Any) -> dict[str, Any]:
+    """Flow-guide VI vs mean-field VI, NeuTra vs NUTS on centred eight schools."""
+    from bench.flows import suite_flows as run
+
+    record = run(quick=quick)
+    return {"suite": record.pop("suite"), "machine": machine_info(), **record}
+
+
+def suite_flow_matching(quick: bool = False, **_ignored: Any) -> dict[str, Any]:
+    """NFE vs energy distance for 1- and 2-rectified flows on 2-D targets."""
+    from bench.flow_matching import suite_flow_matching as run
+
+    record = run(quick=quick)
+    return {"suite": record.pop("suite"), "machine": machine_info(), **record}
+
+
+def suite_score(quick: bool = False, reps: int | None = None, **_ignored: Any) -> dict[str, Any]:
+    """NFE vs energy distance of the score samplers (exact mixture score, trained net)."""
+    from bench.score import suite_score as run
+
+    record = run(quick=quick, reps=reps)
+    return {"suite": record.pop("suite", "score"), "machine": machine_info(), **record}
+
+
+def suite_sharding(quick: bool = False, reps: int | None = None, **_ignored: Any) -> dict[str, Any]:
+    """MALA (10,000 chains) and VAE fit throughput on 1, 2, 4 devices."""
+    from bench.sharding import suite_sharding as run
+
+    if quick:
+        return run(devices=(1, 2), reps=reps or 2, chains=2000, samples=50, vi_steps=100)
+    return run(reps=reps or 5)
+
+
 #: Suite name -> function returning the JSON-able record (keyword arguments from the CLI).
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "nuts": suite_nuts,
     "vae": suite_vae,
     "langevin": suite_langevin,
+    "flows": suite_flows,
+    "flow_matching": suite_flow_matching,
+    "score": suite_score,
+    "sharding": suite_sharding,
 }
 
 
@@ -367,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-chains", type=int, default=4)
     parser.add_argument("--models", nargs="*", default=None,
                         help="subset of: " + ", ".join(MODELS))
+    parser.add_argument("--quick", action="store_true",
+                        help="small budgets (flows, flow_matching, score, sharding)")
     parser.add_argument("--no-save", action="store_true",
                         help="do not write bench/results/<suite>.json")
     args = parser.parse_args(argv)
@@ -377,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown model(s) {unknown}; available: {', '.join(MODELS)}")
     suite = SUITES[args.suite]
-    options = {"reps": args.reps, "block_steps": args.block_steps}
+    options = {"reps": args.reps, "block_steps": args.block_steps,
+               "quick": True if args.quick else None}
     accepted = inspect.signature(suite).parameters
     for name, value in options.items():
         if value is not None and name not in accepted:

@@ -15,6 +15,13 @@ the mean squared error of the posterior mean on held-out images against simple b
 Usage::
 
     python examples/score_posterior.py [--quick] [--out score_posterior.png]
+
+What to expect (full run, ~4.5 minutes on 2 shared CPU cores; ``--quick`` ~1 minute):
+prior samples at energy distance 0.088 from held-out digits (the training digits
+themselves: 0.047); inpainting MSE on the hidden half 0.153 against 0.306 for the training
+mean image, the seen half fitted to 0.008 (the noise variance is 0.01); denoising MSE 0.030
+against 0.150 for the clipped noisy image. ``--quick`` trains a smaller net for 600 steps and
+inpaints only a little better than the mean image (0.267 vs 0.315).
 """
 
 from __future__ import annotations
