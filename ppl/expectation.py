@@ -77,6 +77,10 @@ class _Seed(Messenger):
     A key requested under a trace other than the objective's own (or a ``jax.vmap`` of it),
     e.g. inside a ``jax.lax.scan`` body, would leak that body's tracer into the handler, so it
     is an error that says what is supported.
+
+    Plates: every plate of the same name gets the same key within one estimate (and within
+    one element of a ``jax.vmap``), so a subsampled plate draws the same indices in the guide
+    and in the model, as NumPyro's SVI replays the guide's subsample into the model.
     """
 
     def __init__(self, key: jax.Array):
@@ -84,7 +88,18 @@ class _Seed(Messenger):
             key = jax.random.wrap_key_data(key)
         self.key = key
         self.trace = _current_trace()
+        self.plate_keys: list[tuple[str, list, jax.Array]] = []  # (name, vmap levels, key)
         super().__init__()
+
+    def _plate_key(self, name: str) -> jax.Array:
+        levels = self._vmap_levels(f"plate '{name}'")
+        for known, known_levels, key in self.plate_keys:
+            if known == name and len(known_levels) == len(levels) and all(
+                    a is b for a, b in zip(known_levels, levels)):
+                return key
+        key = self._split(f"plate '{name}'")
+        self.plate_keys.append((name, levels, key))
+        return key
 
     def _vmap_levels(self, what: str) -> list:
         """The ``jax.vmap`` traces between the objective's trace and the current one, outermost
@@ -127,6 +142,9 @@ class _Seed(Messenger):
         if msg["type"] not in ("prng_key", "plate"):
             return
         if msg["kwargs"].get("rng_key") is not None or msg["value"] is not None:
+            return
+        if msg["type"] == "plate":
+            msg["kwargs"]["rng_key"] = self._plate_key(msg["name"])
             return
         msg["kwargs"]["rng_key"] = self._split(
             f"site '{msg.get('name')}'" if msg["type"] != "prng_key" else "a random choice"
@@ -177,9 +195,7 @@ def sim(program: Callable, *args: Any, **kwargs: Any) -> tuple[dict[str, jax.Arr
     custom = getattr(program, "__ppl_sim__", None)
     if custom is not None:  # approximate programs (ppl.marginal, ppl.normalize)
         return custom(*args, **kwargs)
-    check_arguments(program, args, kwargs)
-    with _Sim():
-        trace = handlers.trace(program).get_trace(*args, **kwargs)
+    trace = sim_trace(program, *args, **kwargs)
     values, log_q = {}, jnp.zeros(())
     for name, site in trace.items():
         if site["type"] != "sample" or site["is_observed"]:
@@ -190,6 +206,23 @@ def sim(program: Callable, *args: Any, **kwargs: Any) -> tuple[dict[str, jax.Arr
             term = site["scale"] * term
         log_q = log_q + term
     return values, log_q
+
+
+def sim_trace(program: Callable, *args: Any, **kwargs: Any) -> dict:
+    """The NumPyro trace of ``program(*args, **kwargs)`` with its choices drawn as :func:`sim`
+    draws them (internal: objectives that need per-site or per-element log densities,
+    :mod:`ppl.objectives`, read them from it). Plain programs only."""
+    check_arguments(program, args, kwargs)
+    with _Sim():
+        return handlers.trace(program).get_trace(*args, **kwargs)
+
+
+def density_trace(program: Callable, values: dict[str, Any], *args: Any, **kwargs: Any) -> dict:
+    """The NumPyro trace of ``program(*args, **kwargs)`` with ``values`` substituted, every
+    latent site required to have one, as :func:`density` runs it (internal, plain programs)."""
+    check_arguments(program, args, kwargs)
+    substituted = handlers.substitute(_RequireValues(program, values, program), data=values)
+    return handlers.trace(substituted).get_trace(*args, **kwargs)
 
 
 class _RequireValues(Messenger):
