@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import util as numpyro_util
@@ -123,12 +122,15 @@ class Potential:
         return jnp.concatenate([jnp.ravel(position[name]) for name in self.sites]) if self.sites else jnp.zeros(0)
 
     def unravel(self, flat_position: jax.Array) -> Position:
-        """Inverse of :meth:`ravel`."""
-        return self._unravel(flat_position)
-
-    @property
-    def _unravel(self):
-        return ravel_pytree(self._prototype)[1]
+        """Inverse of :meth:`ravel` (sites in model order)."""
+        out, start = {}, 0
+        for name in self.sites:
+            proto = self._prototype[name]
+            size = int(jnp.size(proto))
+            out[name] = jnp.reshape(flat_position[start:start + size], jnp.shape(proto)).astype(
+                jnp.result_type(proto))
+            start += size
+        return out
 
     @property
     def dimension(self) -> int:

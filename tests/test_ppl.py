@@ -109,3 +109,18 @@ def test_potential_refuses_discrete_latent_site():
 
     with pytest.raises(ppl.ModelError, match="'z'"):
         ppl.potential(mixture)
+
+
+def test_potential_ravel_unravel_round_trip_in_model_order():
+    # Site names deliberately not in alphabetical order: "sigma" comes first in the model.
+    def model():
+        numpyro.sample("sigma", dist.HalfNormal(1.0))
+        numpyro.sample("mu", dist.Normal(0.0, 1.0).expand([2]))
+
+    pot = ppl.potential(model)
+    x = {"sigma": jnp.array(2.0), "mu": jnp.array([0.5, 1.0])}
+    flat = pot.ravel(x)
+    assert flat.tolist() == [2.0, 0.5, 1.0]
+    back = pot.unravel(flat)
+    assert float(back["sigma"]) == 2.0 and back["mu"].tolist() == [0.5, 1.0]
+    assert float(pot.flat_logdensity_fn(flat)) == float(pot.logdensity_fn(x))
