@@ -11,13 +11,14 @@ Example:
     ['mu']
 """
 
-from inference import flow_matching, flows, guides, kernels, metrics, score
+from inference import flow_matching, flows, guides, kernels, learned, metrics, score, sharding
 from inference.arviz_data import from_groups
 from inference.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
 from inference.kernels import compose, cycle, mixture
 from inference.fit import FitResult, NonFiniteError, fit
 from inference.infer import METHODS, infer
 from inference.langevin import mala, obabo, randomized_midpoint, sghmc, sgld, ula, underdamped
+from inference.learned import Learned, irmh
 from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
 from inference.initialization import initial_positions
 from inference.neutra import NeuTra
@@ -38,6 +39,10 @@ __all__ = [
     "SGHMC",
     "SMC",
     "NeuTra",
+    "Learned",
+    "learned",
+    "irmh",
+    "sharding",
     "flows",
     "flow_matching",
     "metrics",

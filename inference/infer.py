@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from inference.gibbs import Gibbs
 from inference.initialization import candidate_positions, raise_no_valid_initial, select_initial
+from inference.learned import Learned
 from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
 from inference.neutra import NeuTra
 from inference.nuts import NUTS
@@ -32,7 +33,8 @@ from ppl.tracing import discrete_latent_sites, latent_sites, model_name, omitted
 #: returning
 #: ``(samples, stats, tuning, timing)`` (a method that works on the model itself; see
 #: :class:`VI`).
-METHODS: tuple[type, ...] = (NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, SGHMC, SMC, Gibbs, NeuTra, VI)
+METHODS: tuple[type, ...] = (NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, SGHMC, SMC, Gibbs,
+                             NeuTra, VI, Learned)
 
 
 def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
