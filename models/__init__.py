@@ -4,6 +4,6 @@
 data), six of them with Stan reference summaries used to check our samplers.
 """
 
-from . import latent_flow, posteriordb, score_gmm, toy2d
+from . import coopflow, latent_flow, posteriordb, score_gmm, toy2d
 
-__all__ = ["latent_flow", "posteriordb", "score_gmm", "toy2d"]
+__all__ = ["coopflow", "latent_flow", "posteriordb", "score_gmm", "toy2d"]
