@@ -353,7 +353,8 @@ def sample(model: CoopFlow, key: jax.Array, n: int, langevin_steps: int | None =
         >>> import jax, jax.numpy as jnp
         >>> m = init(jax.random.key(0), 2, flow_layers=1, flow_width=4, energy_width=4)
         >>> k = jax.random.key(1)
-        >>> bool(jnp.all(sample(m, k, 4, langevin_steps=0) == flow_sample(m, jax.random.split(k)[0], 4)))
+        >>> flow_only = sample(m, k, 4, langevin_steps=0)  # the flow uses split(k)[0]
+        >>> bool(jnp.all(flow_only == flow_sample(m, jax.random.split(k)[0], 4)))
         True
     """
     _check_model("sample", model)
@@ -485,7 +486,8 @@ def init_opt_state(model: CoopFlow, energy_optimizer: optax.GradientTransformati
 
 
 def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))]
+    arrays = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
+    leaves = [jnp.all(jnp.isfinite(v)) for v in arrays]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
@@ -493,8 +495,8 @@ def _step(model, opt_state, key, x_data, energy_optimizer, flow_optimizer, alpha
     """One CoopFlow iteration; also returns a status code (0 ok, 1 langevin, 2 energy, 3 flow)."""
     k_flow, k_run = jax.random.split(key)
     n = x_data.shape[0]
-    x0 = _flow_sample(model, k_flow, n)
-    xk = jax.lax.stop_gradient(_revise(model, k_run, jax.lax.stop_gradient(x0), model.langevin_steps))
+    x0 = jax.lax.stop_gradient(_flow_sample(model, k_flow, n))
+    xk = jax.lax.stop_gradient(_revise(model, k_run, x0, model.langevin_steps))
     e_state, f_state = opt_state
 
     # (3) the EBM's maximum-likelihood step, data against the revised samples
@@ -639,7 +641,8 @@ def fit(
         try:
             probe = jax.eval_shape(lambda k: sampler(k, batch_size), jax.random.key(0))
         except Exception as err:  # the sampler's own error, with our context
-            raise ValueError(f"coopflow.fit: calling data(key, {batch_size}) failed: {err}") from err
+            raise ValueError(
+                f"coopflow.fit: calling data(key, {batch_size}) failed: {err}") from err
         if getattr(probe, "shape", None) != (batch_size, dim):
             raise ValueError(f"coopflow.fit: data(key, {batch_size}) must return shape "
                              f"({batch_size}, {dim}); got {getattr(probe, 'shape', probe)}.")

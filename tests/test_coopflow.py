@@ -129,7 +129,10 @@ def test_train_step_steepens_energy_when_samples_are_too_wide():
                                           jax.random.key(2), x_data, *opts)
     assert float(metrics.cd) < 0.0
     np.testing.assert_allclose(float(new.energy.a - model.energy.a), 3e-3, rtol=1e-3)
-    spread = lambda m: float(jnp.std(coopflow.flow_sample(m, jax.random.key(3), 4000)))  # noqa: E731
+
+    def spread(m):
+        return float(jnp.std(coopflow.flow_sample(m, jax.random.key(3), 4000)))
+
     assert spread(new) > spread(model)
 
 
@@ -172,9 +175,8 @@ def test_small_8gaussians_run_beats_untrained_by_far_more_than_the_noise_floor()
     # margins are (a) 0.13 vs 0.065, (b) 0.012 vs 0.033, (c) 0.056 vs 0.016. With an
     # affine coupling flow this short run leaves the flow alone blurred (its modes joined
     # by bridges); the Langevin revision through the learned energy sharpens them.
-    floors = np.array([float(energy_distance(toy2d.eight_gaussians(jax.random.key(100 + i), N_EVAL),
-                                             toy2d.eight_gaussians(jax.random.key(200 + i), N_EVAL)))
-                       for i in range(6)])
+    draw = lambda seed: toy2d.eight_gaussians(jax.random.key(seed), N_EVAL)  # noqa: E731
+    floors = np.array([float(energy_distance(draw(100 + i), draw(200 + i))) for i in range(6)])
     bound = floors.mean() + 4.0 * floors.std(ddof=1)
     assert bound < 0.03, floors  # sanity: the floor itself is small
 
