@@ -59,7 +59,7 @@ import ppl
 from inference.progress import ProgressBar, chunk_sizes
 from inference.sharding import constrain_leading, mesh_for, put_replicated
 
-__all__ = ["fit", "FitResult", "NonFiniteError", "split_arguments"]
+__all__ = ["fit", "FitResult", "NonFiniteError", "split_arguments", "all_finite"]
 
 
 class FitResult(NamedTuple):
@@ -120,6 +120,20 @@ def split_arguments(args: tuple) -> tuple[list, Callable[[list], tuple]]:
         )
 
     return [x for x, d in zip(leaves, dynamic) if d], rebuild
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """One boolean: every floating-point array leaf of ``tree`` is finite (True if none).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> bool(all_finite({"a": jnp.ones(2), "b": jnp.array([1.0, jnp.nan]), "n": 3}))
+        False
+    """
+    arrays = [x for x in jax.tree_util.tree_leaves(tree)
+              if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in arrays])) if arrays \
+        else jnp.asarray(True)
 
 
 def _leaf_names(params: Any) -> list[str]:

@@ -76,7 +76,7 @@ import numpy as np
 import optax
 
 from inference import langevin
-from inference.fit import FitResult, NonFiniteError
+from inference.fit import FitResult, NonFiniteError, all_finite
 from inference.flows import FlowSpec, check_kind
 from inference.progress import ProgressBar, chunk_sizes
 
@@ -485,12 +485,6 @@ def init_opt_state(model: CoopFlow, energy_optimizer: optax.GradientTransformati
             flow_optimizer.init(model.theta))
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    arrays = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
-    leaves = [jnp.all(jnp.isfinite(v)) for v in arrays]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
 def _step(model, opt_state, key, x_data, energy_optimizer, flow_optimizer, alpha):
     """One CoopFlow iteration; also returns a status code (0 ok, 1 langevin, 2 energy, 3 flow)."""
     k_flow, k_run = jax.random.split(key)
@@ -514,8 +508,8 @@ def _step(model, opt_state, key, x_data, energy_optimizer, flow_optimizer, alpha
     theta = optax.apply_updates(model.theta, f_upd)
 
     ok_langevin = jnp.all(jnp.isfinite(xk))
-    ok_energy = jnp.isfinite(e_loss) & _all_finite(e_grad) & _all_finite(e_params)
-    ok_flow = jnp.isfinite(f_loss) & _all_finite(f_grad) & jnp.all(jnp.isfinite(theta))
+    ok_energy = jnp.isfinite(e_loss) & all_finite(e_grad) & all_finite(e_params)
+    ok_flow = jnp.isfinite(f_loss) & all_finite(f_grad) & jnp.all(jnp.isfinite(theta))
     status = jnp.where(~ok_langevin, 1, jnp.where(~ok_energy, 2, jnp.where(~ok_flow, 3, 0)))
     new_model = eqx.tree_at(lambda m: (m.energy, m.theta), model,
                             (eqx.combine(e_params, e_static), theta))

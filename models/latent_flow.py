@@ -58,7 +58,7 @@ import numpy as np
 import optax
 
 from inference import langevin
-from inference.fit import FitResult, NonFiniteError
+from inference.fit import FitResult, NonFiniteError, all_finite
 from inference.flows import FlowSpec
 from inference.progress import ProgressBar, chunk_sizes
 
@@ -159,12 +159,13 @@ def _positive_float(name: str, value: Any, owner: str) -> float:
 
 
 def _as_key(key: Any, owner: str) -> jax.Array:
-    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if isinstance(key, jax.Array) and key.shape == (2,) and key.dtype == jnp.uint32:
-        return jax.random.wrap_key_data(key)
+    from inference.infer import _as_key as as_key  # infer's rules; no default key here
+
+    if key is not None:
+        try:
+            return as_key(key)
+        except TypeError:
+            pass
     raise ValueError(f"{owner}(key={key!r}): must be a jax.random.key(...) or an int seed.")
 
 
@@ -490,12 +491,6 @@ class Optimizers(NamedTuple):
                 self.prior.init(model.flow_theta))
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    arrays = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
-    leaves = [jnp.all(jnp.isfinite(v)) for v in arrays]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
 def _update(model, opt_state, x, z, optimizers):
     z = jax.lax.stop_gradient(z)
     gen_params, gen_static = eqx.partition(model.generator, eqx.is_inexact_array)
@@ -517,7 +512,7 @@ def _update(model, opt_state, x, z, optimizers):
     info = {
         "log_likelihood": -g_val,
         "log_prior": -p_val,
-        "generator_finite": jnp.isfinite(g_val) & _all_finite(g_grad) & _all_finite(new_gen),
+        "generator_finite": jnp.isfinite(g_val) & all_finite(g_grad) & all_finite(new_gen),
         "prior_finite": jnp.isfinite(p_val) & jnp.all(jnp.isfinite(p_grad))
         & jnp.all(jnp.isfinite(new_theta)),
     }
