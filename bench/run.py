@@ -40,6 +40,7 @@ from numpyro.infer import NUTS as NumPyroNUTS  # noqa: E402
 
 import inference  # noqa: E402
 from bench.models import MODELS  # noqa: E402
+from bench.startup import STARTUP_MODELS  # noqa: E402
 
 RESULTS_DIR = HERE / "results"
 
@@ -384,6 +385,18 @@ def suite_sharding(quick: bool = False, reps: int | None = None, **_ignored: Any
     return run(reps=reps or 5)
 
 
+def suite_startup(quick: bool = False, reps: int | None = None, num_warmup: int = 1000,
+                  num_samples: int = 1000, num_chains: int = 4,
+                  models: list[str] | None = None, **_ignored: Any) -> dict[str, Any]:
+    """Wall time of the first, second and warm-cache first NUTS call, ours vs NumPyro,
+    each in fresh processes (imports timed apart)."""
+    from bench.startup import suite_startup as run
+
+    record = run(reps=reps, quick=quick, num_warmup=num_warmup, num_samples=num_samples,
+                 num_chains=num_chains, models=models)
+    return {"suite": record.pop("suite"), "machine": machine_info(), **record}
+
+
 #: Suite name -> function returning the JSON-able record (keyword arguments from the CLI).
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "nuts": suite_nuts,
@@ -393,6 +406,7 @@ SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "flow_matching": suite_flow_matching,
     "score": suite_score,
     "sharding": suite_sharding,
+    "startup": suite_startup,
 }
 
 
@@ -400,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", help="one of: " + ", ".join(SUITES))
     parser.add_argument("--reps", type=int, default=None,
-                        help="repetitions (nuts: 3, langevin: 3, 1 = quick mode) "
+                        help="repetitions (nuts: 3, langevin: 3, startup: 3, 1 = quick mode) "
                              "or timed blocks (vae: 7)")
     parser.add_argument("--block-steps", type=int, default=None,
                         help="vae: optimizer steps per timed block (200)")
@@ -408,18 +422,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--num-chains", type=int, default=4)
     parser.add_argument("--models", nargs="*", default=None,
-                        help="subset of: " + ", ".join(MODELS))
+                        help="subset of: " + ", ".join(MODELS)
+                             + " (startup: " + ", ".join(STARTUP_MODELS) + ")")
     parser.add_argument("--quick", action="store_true",
-                        help="small budgets (flows, flow_matching, score, sharding)")
+                        help="small budgets (flows, flow_matching, score, sharding, startup)")
     parser.add_argument("--no-save", action="store_true",
                         help="do not write bench/results/<suite>.json")
     args = parser.parse_args(argv)
     if args.suite not in SUITES:
         parser.error(f"unknown suite {args.suite!r}; available suites: {', '.join(SUITES)}")
     if args.models:
-        unknown = [m for m in args.models if m not in MODELS]
+        known = STARTUP_MODELS if args.suite == "startup" else MODELS
+        unknown = [m for m in args.models if m not in known]
         if unknown:
-            parser.error(f"unknown model(s) {unknown}; available: {', '.join(MODELS)}")
+            parser.error(f"unknown model(s) {unknown}; available: {', '.join(known)}")
     suite = SUITES[args.suite]
     options = {"reps": args.reps, "block_steps": args.block_steps,
                "quick": True if args.quick else None}
