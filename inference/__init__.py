@@ -11,6 +11,10 @@ Example:
     ['mu']
 """
 
+from inference import disk_cache
+
+disk_cache.configure()  # JAX's persistent compilation cache, unless the user chose otherwise
+
 from inference import flow_matching, flows, guides, kernels, learned, metrics, score, sharding
 from inference.arviz_data import from_groups
 from inference.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
@@ -29,6 +33,7 @@ from inference.vi import VI
 
 __all__ = [
     "infer",
+    "disk_cache",
     "Result",
     "NUTS",
     "MALA",

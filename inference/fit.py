@@ -56,10 +56,12 @@ import optax
 from jax.sharding import Mesh
 
 import ppl
+from inference.arguments import as_key, positive_int, split_arguments, static_part
+from inference.compilation import compiling
 from inference.progress import ProgressBar, chunk_sizes
 from inference.sharding import constrain_leading, mesh_for, put_replicated
 
-__all__ = ["fit", "FitResult", "NonFiniteError", "split_arguments", "all_finite"]
+__all__ = ["fit", "FitResult", "NonFiniteError", "split_arguments", "all_finite"]  # split_arguments: re-exported from inference.arguments
 
 
 class FitResult(NamedTuple):
@@ -90,36 +92,6 @@ class NonFiniteError(FloatingPointError):
     def __init__(self, message: str, step: int, leaf: str | None, result: FitResult):
         super().__init__(message)
         self.step, self.leaf, self.result = step, leaf, result
-
-
-def _is_dynamic(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, float, complex)) and not isinstance(x, bool)
-
-
-def split_arguments(args: tuple) -> tuple[list, Callable[[list], tuple]]:
-    """``(dynamic, rebuild)``: the array (and float) leaves of ``args``, and the inverse map.
-
-    ``rebuild(dynamic)`` gives ``args`` back with the other leaves (ints such as a plate
-    size, strings, ``None``) fixed, so a compiled function can take ``dynamic`` as traced
-    inputs and keep the rest static.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> dyn, rebuild = split_arguments((8, jnp.ones(3), None))
-        >>> len(dyn), rebuild([jnp.zeros(3)])[0]
-        (1, 8)
-    """
-    leaves, tree = jax.tree_util.tree_flatten(args, is_leaf=lambda x: x is None)
-    dynamic = [_is_dynamic(x) for x in leaves]
-    static = [x for x, d in zip(leaves, dynamic) if not d]
-
-    def rebuild(dyn: list) -> tuple:
-        dyn_it, static_it = iter(dyn), iter(static)
-        return jax.tree_util.tree_unflatten(
-            tree, [next(dyn_it) if d else next(static_it) for d in dynamic]
-        )
-
-    return [x for x, d in zip(leaves, dynamic) if d], rebuild
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -261,8 +233,6 @@ def fit(
         >>> abs(float(r.params) - 1.0) < 0.1
         True
     """
-    from inference.infer import _as_key, _positive_int  # infer imports the VI method, which imports fit
-
     if not isinstance(objective, ppl.Expectation):
         raise TypeError(
             f"fit: objective must be an expectation (decorate it with @ppl.expectation, or use "
@@ -274,9 +244,9 @@ def fit(
             f"fit: optimizer must be an optax GradientTransformation (e.g. optax.adam(1e-3)); "
             f"got {optimizer!r}."
         )
-    steps = _positive_int("steps", steps)
-    updates = _positive_int("updates", updates)
-    key = _as_key(key)
+    steps = positive_int("steps", steps)
+    updates = positive_int("updates", updates)
+    key = as_key(key)
     params = _check_params(params)
     batching = _check_batch(batch, args)
     names = _leaf_names(params)
@@ -303,7 +273,9 @@ def fit(
 
     nan = jnp.asarray(jnp.nan, jnp.result_type(float))
 
-    def step(carry, i, dyn):
+    # Everything the compiled chunks use is an argument (key, data) or part of their cache
+    # key (objective, optimizer, sizes, static data): nothing per-call is closed over.
+    def step(carry, i, key, dyn):
         params, opt_state, bad_step, bad_leaves = carry
         k_obj, k_batch = jax.random.split(jax.random.fold_in(key, i))
         data = subsample(k_batch, dyn)
@@ -319,7 +291,7 @@ def fit(
         bad_step = jnp.where(ok, bad_step, i)
         return (keep(new_params, params), keep(new_state, opt_state), bad_step, bad_leaves), value
 
-    def fast_step(carry, i, dyn):
+    def fast_step(carry, i, key, dyn):
         params, opt_state = carry
         k_obj, k_batch = jax.random.split(jax.random.fold_in(key, i))
         data = subsample(k_batch, dyn)
@@ -336,24 +308,23 @@ def fit(
     # Only if that check fails is the chunk replayed from its starting state with the
     # guarded step, which finds the exact first bad step and leaf; step keys are
     # fold_in(key, i), so the replay draws the same numbers.
-    @jax.jit
-    def run_fast(carry, start, dyn):
+    def run_fast(carry, start, key, dyn):
         def body(c, i):
             if padded:  # steps past the end leave everything untouched
-                return jax.lax.cond(i < steps, lambda c: fast_step(c, i, dyn), lambda c: (c, nan), c)
-            return fast_step(c, i, dyn)
+                return jax.lax.cond(i < steps, lambda c: fast_step(c, i, key, dyn),
+                                    lambda c: (c, nan), c)
+            return fast_step(c, i, key, dyn)
 
         carry, values = jax.lax.scan(body, carry, start + jnp.arange(chunk))
         valid = (start + jnp.arange(chunk)) < steps
         ok = jnp.all(jnp.isfinite(values) | ~valid) & jnp.all(finite(carry[0]))
         return carry, values, ok
 
-    @jax.jit
-    def run_guarded(carry, start, dyn):
+    def run_guarded(carry, start, key, dyn):
         def body(c, i):
             # Steps past the end, or after a non-finite one, leave everything untouched.
             go = (i < steps) & (c[2] < 0)
-            return jax.lax.cond(go, lambda c: step(c, i, dyn), lambda c: (c, nan), c)
+            return jax.lax.cond(go, lambda c: step(c, i, key, dyn), lambda c: (c, nan), c)
 
         return jax.lax.scan(body, carry, start + jnp.arange(chunk))
 
@@ -365,16 +336,28 @@ def fit(
     )
     # Compile before the bar opens, so that its clock counts steps only.
     starts = [jnp.asarray(c * chunk, jnp.int32) for c in range(n_chunks)]
-    compiled = run_fast.lower(state, starts[0], dyn).compile()
+    program_key = (objective, optimizer, steps, chunk, batching, static_part(args), mesh,
+                   jax.tree_util.tree_structure(params))
+
+    def compiled_guarded():
+        with compiling("fit (guarded replay)", bar.enabled) as programs:
+            return programs.compile(jax.jit(run_guarded), (guard_carry(state), starts[0], key, dyn),
+                                    key=("fit-guarded", *program_key))
+
+    def guard_carry(state):
+        return (*state, jnp.asarray(-1, jnp.int32), jnp.zeros((len(names),), bool))
+
+    with compiling("fit", bar.enabled) as programs:
+        compiled = programs.compile(jax.jit(run_fast), (state, starts[0], key, dyn),
+                                    key=("fit", *program_key))
     bar.update(0, {})
     chunks = []
     carry = None
     try:
         for c in range(n_chunks):
-            new_state, chunk_values, ok = compiled(state, starts[c], dyn)
+            new_state, chunk_values, ok = compiled(state, starts[c], key, dyn)
             if not bool(ok):  # one host sync per chunk
-                carry = (*state, jnp.asarray(-1, jnp.int32), jnp.zeros((len(names),), bool))
-                carry, chunk_values = run_guarded(carry, starts[c], dyn)
+                carry, chunk_values = compiled_guarded()(guard_carry(state), starts[c], key, dyn)
                 chunks.append(chunk_values)
                 if int(carry[2]) >= 0:
                     break
@@ -390,7 +373,7 @@ def fit(
     finally:
         bar.close()
     if carry is None:
-        carry = (*state, jnp.asarray(-1, jnp.int32), jnp.zeros((len(names),), bool))
+        carry = guard_carry(state)
 
     values = jnp.concatenate(chunks)
     params, _, bad_step, bad_leaves = carry

@@ -3,32 +3,27 @@
 from __future__ import annotations
 
 import inspect
-import numbers
-import time
 from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
-
 from inference.gibbs import Gibbs
-from inference.initialization import candidate_positions, raise_no_valid_initial, select_initial
+from inference.arguments import as_arrays, as_key, positive_int
+from inference.chains import run_chains
 from inference.learned import Learned
 from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
 from inference.neutra import NeuTra
 from inference.nuts import NUTS
-from inference.progress import ProgressBar
 from inference.result import Result
-from inference.sharding import constrain_leading, describe, gather, mesh_for, put_leading
+from inference.sharding import mesh_for
 from inference.smc import SMC
 from inference.vi import VI
 from ppl.errors import ModelError
-from ppl.potential import potential as make_potential
 from ppl.subsample import subsampled_plates, with_subsample_size
 from ppl.tracing import discrete_latent_sites, latent_sites, model_name, omitted_data_arguments, trace_model
 
 #: Method classes shipped with the library (used to say what fits in error messages).
-#: A method object either has ``build(logdensity_fn, num_warmup, num_samples, bar)`` (an
-#: MCMC kernel run from initial positions; see :class:`NUTS`) or
+#: A method object either has ``sampler(logdensity_fn, num_warmup, num_samples)`` (MCMC
+#: chains run from initial positions by :func:`inference.chains.run_chains`; see
+#: :class:`NUTS`) or
 #: ``run_model(model, args, kwargs, *, key, num_samples, num_warmup, num_chains, progress)``
 #: returning
 #: ``(samples, stats, tuning, timing)`` (a method that works on the model itself; see
@@ -37,28 +32,12 @@ METHODS: tuple[type, ...] = (NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, S
                              NeuTra, VI, Learned)
 
 
-def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok or value < (0 if allow_zero else 1):
-        need = "a non-negative int" if allow_zero else "a positive int"
-        raise ValueError(f"{name} must be {need}; got {value!r} ({type(value).__name__}).")
-    return int(value)
-
-
-def _as_key(key: Any) -> jax.Array:
-    if key is None:
-        return jax.random.key(0)
-    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if isinstance(key, jax.Array) and key.shape == (2,) and key.dtype == jnp.uint32:
-        return jax.random.wrap_key_data(key)
-    raise TypeError(f"key must be a jax.random.key(...) or an int seed; got {key!r}.")
+# Kept under their old private names for the modules that import them from here.
+_positive_int, _as_key = positive_int, as_key
 
 
 def _check_method(method: Any) -> Any:
-    if callable(getattr(method, "build", None)) or callable(getattr(method, "run_model", None)):
+    if callable(getattr(method, "sampler", None)) or callable(getattr(method, "run_model", None)):
         return method
     names = ", ".join(f"inference.{m.__name__}()" for m in METHODS)
     raise TypeError(
@@ -117,10 +96,11 @@ def infer(
         (4, 300)
     """
     method = NUTS() if method is None else _check_method(method)
-    num_samples = _positive_int("num_samples", num_samples)
-    num_warmup = _positive_int("num_warmup", num_warmup, allow_zero=True)
-    num_chains = _positive_int("num_chains", num_chains)
-    key = _as_key(key)
+    num_samples = positive_int("num_samples", num_samples)
+    num_warmup = positive_int("num_warmup", num_warmup, allow_zero=True)
+    num_chains = positive_int("num_chains", num_chains)
+    key = as_key(key)
+    args, kwargs = as_arrays(tuple(args)), as_arrays(dict(kwargs))
 
     trace = trace_model(model, *args, **kwargs)
     omitted = omitted_data_arguments(model, args, kwargs)
@@ -176,9 +156,9 @@ def infer(
         )
     else:
         mesh = mesh_for(devices, num_chains, what="chains", owner="infer")
-        samples, stats, tuning, timing = _run_mcmc(
-            method, model, args, kwargs, key, num_samples, num_warmup, num_chains, progress,
-            mesh,
+        samples, stats, tuning, timing = run_chains(
+            method, model, tuple(args), dict(kwargs), key=key, num_warmup=num_warmup,
+            num_samples=num_samples, num_chains=num_chains, progress=progress, mesh=mesh,
         )
     observed = {
         name: site["value"]
@@ -197,75 +177,3 @@ def infer(
         model_args=tuple(args),
         model_kwargs=dict(kwargs),
     )
-
-
-def _run_mcmc(
-    method: Any,
-    model: Callable,
-    args: tuple,
-    kwargs: dict,
-    key: jax.Array,
-    num_samples: int,
-    num_warmup: int,
-    num_chains: int,
-    progress: bool,
-    mesh: Any = None,
-) -> tuple[dict, dict, dict, dict]:
-    """An MCMC method (``method.build``) from valid initial points, in one compiled program.
-
-    With a device ``mesh`` (:func:`inference.sharding.mesh_for`) the chain axis of the
-    initial points, the draws and the per-chain statistics is split over its devices.
-    """
-    pot = make_potential(model, *args, **kwargs)
-    init_key, run_key = jax.random.split(key)
-    candidates = put_leading(candidate_positions(pot, init_key, num_chains), mesh, num_chains)
-
-    logdensity_fn = pot.logdensity_fn
-    if getattr(method, "stochastic_gradients", False):
-        # The kernel differentiates a fresh minibatch each step; initial points are checked
-        # on one fixed minibatch.
-        logdensity_fn = pot.logdensity_estimate
-        fixed = jax.random.key(0)
-        pot_check = lambda x: pot.logdensity_estimate(x, fixed)  # noqa: E731
-    else:
-        pot_check = pot.logdensity_fn
-    bar = ProgressBar(
-        num_warmup + num_samples,
-        desc=type(method).__name__,
-        enabled=progress,
-        phases=[("warmup", num_warmup), ("sample", num_samples)],
-    )
-    run = method.build(logdensity_fn, num_warmup, num_samples, bar)
-
-    def program(key, candidates):
-        # One compiled program: pick initial points, run the method, constrain the draws.
-        # If some chain has no valid initial point, the method is skipped (lax.cond) and
-        # the host raises an error naming the sites.
-        positions, found = select_initial(pot_check, candidates)
-        positions = constrain_leading(positions, mesh, num_chains)
-
-        def sample(positions):
-            draws, stats, tuning = run(key, positions)
-            out = jax.vmap(jax.vmap(pot.to_constrained))(draws), stats, tuning
-            return constrain_leading(out, mesh, num_chains)
-
-        skipped = jax.tree.map(
-            lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sample, positions)
-        )
-        return jax.lax.cond(jnp.all(found), sample, lambda _: skipped, positions), found
-
-    t0 = time.perf_counter()
-    compiled = jax.jit(program).lower(run_key, candidates).compile()
-    t1 = time.perf_counter()
-    try:
-        (samples, stats, tuning), found = jax.block_until_ready(compiled(run_key, candidates))
-        jax.effects_barrier()  # every progress callback has run before the bar closes
-    finally:
-        bar.close()
-    t2 = time.perf_counter()
-    # On several hosts each process holds its devices' chains: fetched once, here.
-    samples, stats, tuning, found, candidates = gather((samples, stats, tuning, found, candidates))
-    if not bool(jnp.all(found)):
-        raise_no_valid_initial(pot, candidates, found)
-    return samples, stats, tuning, {"compile": t1 - t0, "run": t2 - t1,
-                                    "devices": describe(mesh)}

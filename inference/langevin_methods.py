@@ -32,7 +32,6 @@ density).
 from __future__ import annotations
 
 import abc
-import functools
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -42,7 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from inference import langevin
-from inference import progress as progress_lib
+from inference.chains import Sampler
 
 __all__ = ["ULA", "MALA", "Underdamped", "RandomizedMidpoint", "SGLD", "SGHMC"]
 
@@ -56,7 +55,7 @@ def _positive(owner: str, name: str, value: Any, allow_none: bool = True) -> Non
 
 @dataclass(frozen=True)
 class _LangevinMethod(abc.ABC):
-    """Fields and the ``build`` shared by every Langevin method (see the module docstring)."""
+    """Fields and the ``sampler`` shared by every Langevin method (see the module docstring)."""
 
     step_size: float | None = None
     inverse_mass_matrix: Any = None
@@ -65,8 +64,7 @@ class _LangevinMethod(abc.ABC):
     find_mode: int = 100
 
     handles_discrete: ClassVar[bool] = False
-    needs_gradients: ClassVar[bool] = True
-    #: SGLD / SGHMC: ``build`` receives ``logdensity_estimate(position, key)``.
+    #: SGLD / SGHMC: ``sampler`` receives ``logdensity_estimate(position, key)``.
     stochastic_gradients: ClassVar[bool] = False
 
     def __post_init__(self):
@@ -118,24 +116,16 @@ class _LangevinMethod(abc.ABC):
         return self.factory()(logdensity_fn, step_size=step_size,
                               inverse_mass_matrix=inverse_mass_matrix, **self.kernel_kwargs())
 
-    def build(
-        self,
-        logdensity_fn: Callable,
-        num_warmup: int,
-        num_samples: int,
-        bar: progress_lib.ProgressBar | None = None,
-    ) -> Callable:
-        """A pure ``run(key, positions) -> (draws, stats, tuning)`` for batched chains.
-
-        ``positions`` has a leading chain axis; ``draws`` are (chains, draws, ...) per leaf.
-        """
+    def sampler(self, logdensity_fn: Callable, num_warmup: int, num_samples: int) -> Sampler:
+        """The chains as a :class:`inference.chains.Sampler`: warmup inside ``init``, then
+        ``num_samples`` kept draws of ``thinning`` kernel steps each."""
         name = type(self).__name__
         if self.step_size is None and num_warmup == 0:
             raise ValueError(
                 f"{name}(step_size=None) tunes its step size during warmup, but num_warmup=0: "
                 f"give {name}(step_size=...) or num_warmup > 0."
             )
-        return functools.partial(_run, self, logdensity_fn, num_warmup, num_samples, bar)
+        return _sampler(self, logdensity_fn, num_warmup, num_samples)
 
 
 def _towards_mode(logdensity_fn: Callable, position: Any, num_steps: int) -> Any:
@@ -165,8 +155,8 @@ def _towards_mode(logdensity_fn: Callable, position: Any, num_steps: int) -> Any
     return unravel(jnp.where(ok, x, flat))
 
 
-def _run(method, logdensity_fn, W, S, bar, key, positions):
-    """Warm up every chain, then ``S`` kept draws of ``thinning`` steps each."""
+def _sampler(method, logdensity_fn, W, S) -> Sampler:
+    """Warm up every chain in ``init``; each loop step is one kept draw of ``thinning`` steps."""
     thin = method.thinning
     if method.stochastic_gradients:
         kernel_logdensity = logdensity_fn  # (position, key) -> unbiased log density estimate
@@ -210,7 +200,8 @@ def _run(method, logdensity_fn, W, S, bar, key, positions):
             div = div | getattr(info, "is_divergent", False)
             return (state, n_grad + info.n_grad, acc, div), getattr(info, "energy", None)
 
-        carry0 = (state, jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros((), bool))
+        carry0 = (state, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.result_type(float)),
+                  jnp.zeros((), bool))
         (state, n_grad, acc, div), energy = jax.lax.scan(inner, carry0, jax.random.split(key, thin))
         stats = {"n_grad": n_grad, "step_size": jnp.asarray(step_size)}
         if hasattr(state, "logdensity"):
@@ -222,48 +213,28 @@ def _run(method, logdensity_fn, W, S, bar, key, positions):
             stats["diverging"] = div
         return state, stats
 
-    step = jax.vmap(one_step)
+    vstep = jax.vmap(one_step)
 
-    def body(carry, xs):
-        state, step_size, imm, draws, stats = carry
-        t, keys = xs
-        state, step_stats = step(keys, state, step_size, imm)
-        put = lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, t, 0)  # noqa: E731
-        draws = jax.tree.map(put, draws, state.position)
-        stats = jax.tree.map(put, stats, step_stats)
-        return (state, step_size, imm, draws, stats), None
+    def init(key, positions):
+        num_chains = jax.tree.leaves(positions)[0].shape[0]
+        return jax.vmap(warm)(jax.random.split(key, num_chains), positions)
 
-    num_chains = jax.tree.leaves(positions)[0].shape[0]
-    warm_key, key = jax.random.split(key)
-    state, step_size, imm, diag = jax.vmap(warm)(jax.random.split(warm_key, num_chains), positions)
-    if bar is not None and bar.enabled:
-        jax.debug.callback(bar.update, W, {"step size": jnp.mean(step_size)})
-    keys = jax.random.split(key, (S, num_chains))
-    draws = jax.tree.map(lambda x: jnp.zeros((S,) + x.shape, x.dtype), state.position)
-    shapes = jax.eval_shape(step, keys[0], state, step_size, imm)[1]
-    stats = jax.tree.map(lambda s: jnp.zeros((S,) + s.shape, s.dtype), shapes)
-    sample_bar = None
-    if bar is not None and bar.enabled:
-        sample_bar = _OffsetBar(bar, W)
-    carry = (state, step_size, imm, draws, stats)
-    _, _, _, draws, stats = progress_lib.scan(
-        body, carry, (jnp.arange(S), keys), S, bar=sample_bar,
-        postfix_fn=(lambda c: {"acc": jnp.mean(c[4]["acceptance_rate"])}) if method.adjusted else None,
-    )
-    swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-    tuning = {"step_size": step_size, "inverse_mass_matrix": imm, **diag}
-    tuning = {k: v for k, v in tuning.items() if v is not None}
-    return jax.tree.map(swap, draws), jax.tree.map(swap, stats), tuning
+    def step(carry, t, key):
+        state, step_size, imm, diag = carry
+        keys = jax.random.split(key, jax.tree.leaves(state.position)[0].shape[0])
+        state, stats = vstep(keys, state, step_size, imm)
+        return (state, step_size, imm, diag), state.position, stats
 
+    def tuning(carry):
+        _, step_size, imm, diag = carry
+        out = {"step_size": step_size, "inverse_mass_matrix": imm, **diag}
+        return {k: v for k, v in out.items() if v is not None}
 
-class _OffsetBar:
-    """A view of a progress bar whose count starts after the warmup steps."""
+    def postfix(carry):
+        return {"step size": jnp.mean(carry[1])}
 
-    def __init__(self, bar: progress_lib.ProgressBar, offset: int):
-        self.bar, self.offset, self.enabled = bar, int(offset), bar.enabled
-
-    def update(self, done: Any, postfix: dict[str, Any]) -> None:
-        self.bar.update(self.offset + int(done), postfix)
+    return Sampler(init, step, loop_warmup=0, num_steps=S, tuning=tuning, postfix=postfix,
+                   init_warmup=W)
 
 
 # ----------------------------------------------------------------------------------------

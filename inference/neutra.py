@@ -126,7 +126,7 @@ class NeuTra:
             ``"spline_coupling"``, ``"iaf"``, ``"maf"``). ``"iaf"`` and the coupling flows
             evaluate the transport ``z -> x`` in one pass per layer, which is what the kernel
             calls at every gradient; ``"maf"`` needs ``D`` passes there.
-        kernel: an ``infer`` MCMC method object (one with ``build``); default ``NUTS()``.
+        kernel: an ``infer`` MCMC method object (one with ``sampler``); default ``NUTS()``.
         vi_steps: optimizer steps of the flow fit.
         objective: as :class:`inference.VI`'s (``"elbo"``, ``"iwae"``, ... or a factory).
         optimizer: an optax transformation; default ``optax.adam(1e-3)``.
@@ -156,9 +156,9 @@ class NeuTra:
     def __post_init__(self):
         object.__setattr__(self, "flow", check_kind(self.flow, "NeuTra"))
         kernel = NUTS() if self.kernel is None else self.kernel
-        if not callable(getattr(kernel, "build", None)):
+        if not callable(getattr(kernel, "sampler", None)):
             raise TypeError(
-                f"NeuTra(kernel={kernel!r}): must be an MCMC method object with build(...), "
+                f"NeuTra(kernel={kernel!r}): must be an MCMC method object with sampler(...), "
                 "such as inference.NUTS() or inference.MALA()."
             )
         object.__setattr__(self, "kernel", kernel)

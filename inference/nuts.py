@@ -13,7 +13,7 @@ from blackjax.adaptation.mass_matrix import mass_matrix_adaptation
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 from blackjax.adaptation.window_adaptation import build_schedule
 
-from inference import progress as progress_lib
+from inference.chains import Sampler
 
 
 class _Warmup(NamedTuple):
@@ -47,7 +47,6 @@ class NUTS:
     init_step_size: float = 1.0
 
     handles_discrete: ClassVar[bool] = False
-    needs_gradients: ClassVar[bool] = True
 
     def __post_init__(self):
         if not 0.0 < float(self.target_accept_prob) < 1.0:
@@ -57,17 +56,12 @@ class NUTS:
         if not float(self.init_step_size) > 0.0:
             raise ValueError(f"NUTS(init_step_size={self.init_step_size}): must be > 0.")
 
-    def build(
-        self,
-        logdensity_fn: Callable,
-        num_warmup: int,
-        num_samples: int,
-        bar: progress_lib.ProgressBar | None = None,
-    ) -> Callable:
-        """A pure function ``run(key, positions) -> (draws, stats)`` for batched chains.
+    def sampler(self, logdensity_fn: Callable, num_warmup: int, num_samples: int) -> Sampler:
+        """The chains as a :class:`inference.chains.Sampler`: warmup steps, then draws.
 
-        ``positions`` has a leading chain axis; ``draws`` has shape (chains, draws, ...) per
-        leaf and ``stats`` holds per-draw statistics under ArviZ's names.
+        The loop runs ``num_warmup + num_samples`` steps; during the first ``num_warmup`` the
+        step size and mass matrix adapt over Stan's windows (dual averaging towards
+        ``target_accept_prob``; after the last warmup step the averaged step size is kept).
         """
         kernel = blackjax.nuts.build_kernel()
         max_depth = self.max_tree_depth
@@ -75,23 +69,26 @@ class NUTS:
         def one_step(key, state, step_size, inverse_mass_matrix):
             return kernel(key, state, logdensity_fn, step_size, inverse_mass_matrix, max_depth)
 
-        step = jax.vmap(one_step)
+        vstep = jax.vmap(one_step)
         mm_init, mm_update, mm_final = mass_matrix_adaptation(not self.dense_mass)
         da_init, da_update, da_final = dual_averaging_adaptation(self.target_accept_prob)
         # build_schedule gives a (W, 2) array; convert it on the host in one go (a Python
         # loop over it would dispatch ~W tiny device ops on every call).
-        schedule = np.asarray(build_schedule(num_warmup)) if num_warmup > 0 else np.zeros((0, 2))
+        # (compile-time evaluation: this may run while a program is being traced).
+        with jax.ensure_compile_time_eval():
+            schedule = np.asarray(build_schedule(num_warmup)) if num_warmup > 0 else np.zeros((0, 2))
         init_step_size = float(self.init_step_size)
 
-        W, S = num_warmup, num_samples
+        W = num_warmup
         # Warmup schedule, padded so that it can be indexed at any step (unused after W).
-        stage = jnp.asarray(np.append(schedule[:, 0], 0).astype(np.int32))
-        window_end = jnp.asarray(np.append(schedule[:, 1], 0).astype(bool))
+        stage = np.append(schedule[:, 0], 0).astype(np.int32)
+        window_end = np.append(schedule[:, 1], 0).astype(bool)
 
         def adapt(w: _Warmup, t, position, acceptance_rate) -> _Warmup:
             da = jax.vmap(da_update)(w.da, acceptance_rate)
             mm = jax.lax.cond(
-                stage[t] == 1, lambda m: jax.vmap(mm_update)(m, position), lambda m: m, w.mm
+                jnp.asarray(stage)[t] == 1, lambda m: jax.vmap(mm_update)(m, position),
+                lambda m: m, w.mm
             )
 
             def end_window(da, mm):
@@ -99,18 +96,36 @@ class NUTS:
                 da = jax.vmap(da_init)(jax.vmap(da_final)(da))
                 return da, mm
 
-            da, mm = jax.lax.cond(window_end[t], end_window, lambda d, m: (d, m), da, mm)
+            da, mm = jax.lax.cond(jnp.asarray(window_end)[t], end_window, lambda d, m: (d, m),
+                                  da, mm)
             # After the last warmup step, sample with the averaged step size (Stan's rule).
             step_size = jnp.where(
                 t == W - 1, jax.vmap(da_final)(da), jnp.exp(da.log_step_size)
             )
-            return _Warmup(da, mm, step_size, mm.inverse_mass_matrix)
+            return _Warmup(da, mm, step_size.astype(w.step_size.dtype), mm.inverse_mass_matrix)
 
-        def body(carry, xs):
-            state, w, draws, stats, n_div = carry
-            t, keys = xs
-            state, info = step(keys, state, w.step_size, w.inverse_mass_matrix)
-            step_stats = {
+        def init(key, positions):
+            del key
+            num_chains = jax.tree.leaves(positions)[0].shape[0]
+            chains = jnp.arange(num_chains)
+            state = jax.vmap(lambda p: blackjax.nuts.init(p, logdensity_fn))(positions)
+            dim = sum(x[0].size for x in jax.tree.leaves(positions))
+            mm0 = jax.vmap(lambda _: mm_init(dim))(chains)
+            dtype = state.logdensity.dtype
+            w = _Warmup(
+                jax.vmap(lambda _: da_init(init_step_size))(chains),
+                mm0,
+                jnp.full((num_chains,), init_step_size, dtype),
+                mm0.inverse_mass_matrix,
+            )
+            # Divergences during warmup and during sampling.
+            return state, w, jnp.zeros(2, jnp.int32)
+
+        def step(carry, t, key):
+            state, w, n_div = carry
+            keys = jax.random.split(key, state.logdensity.shape[0])
+            state, info = vstep(keys, state, w.step_size, w.inverse_mass_matrix)
+            stats = {
                 "lp": state.logdensity,
                 "energy": info.energy,
                 "diverging": info.is_divergent,
@@ -121,12 +136,8 @@ class NUTS:
                 "reached_max_treedepth": info.num_trajectory_expansions >= max_depth,
                 "n_grad": info.num_integration_steps,
             }
-            # Warmup steps write slot 0, which the first kept draw overwrites.
-            slot = jnp.maximum(t - W, 0)
-            put = lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, slot, 0)  # noqa: E731
-            draws = jax.tree.map(put, draws, state.position)
-            stats = jax.tree.map(put, stats, step_stats)
-            n_div = n_div.at[(t >= W).astype(jnp.int32)].add(jnp.sum(info.is_divergent))
+            n_div = n_div.at[(t >= W).astype(jnp.int32)].add(
+                jnp.sum(info.is_divergent).astype(jnp.int32))
             if W > 0:
                 w = jax.lax.cond(
                     t < W,
@@ -134,38 +145,16 @@ class NUTS:
                     lambda w: w,
                     w,
                 )
-            return (state, w, draws, stats, n_div), None
+            return (state, w, n_div), state.position, stats
 
-        def run(key, positions):
-            num_chains = jax.tree.leaves(positions)[0].shape[0]
-            chains = jnp.arange(num_chains)
-            state = jax.vmap(lambda p: blackjax.nuts.init(p, logdensity_fn))(positions)
-            dim = sum(x[0].size for x in jax.tree.leaves(positions))
-            mm0 = jax.vmap(lambda _: mm_init(dim))(chains)
-            w = _Warmup(
-                jax.vmap(lambda _: da_init(init_step_size))(chains),
-                mm0,
-                jnp.full((num_chains,), init_step_size),
-                mm0.inverse_mass_matrix,
-            )
-            # Output buffers, written in place by the loop: (draws, chains, ...).
-            draws = jax.tree.map(lambda x: jnp.zeros((S,) + x.shape, x.dtype), state.position)
-            stat_dtypes = {"lp": float, "energy": float, "diverging": bool,
-                           "acceptance_rate": float, "step_size": float, "n_steps": jnp.int32,
-                           "tree_depth": jnp.int32, "reached_max_treedepth": bool,
-                           "n_grad": jnp.int32}
-            stats = {k: jnp.zeros((S, num_chains), jnp.dtype(d) if d is not float else
-                                  state.logdensity.dtype) for k, d in stat_dtypes.items()}
-            keys = jax.random.split(key, (W + S, num_chains))
-            carry = (state, w, draws, stats, jnp.zeros(2, jnp.int32))
-            state, w, draws, stats, n_div = progress_lib.scan(
-                body, carry, (jnp.arange(W + S), keys), W + S, bar=bar,
-                postfix_fn=lambda c: {"step size": jnp.mean(c[1].step_size),
-                                      "divergences": c[4][1]},
-            )
-            swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-            tuning = {"step_size": w.step_size, "inverse_mass_matrix": w.inverse_mass_matrix,
-                      "warmup_divergences": n_div[0]}
-            return jax.tree.map(swap, draws), jax.tree.map(swap, stats), tuning
+        def tuning(carry):
+            _, w, n_div = carry
+            return {"step_size": w.step_size, "inverse_mass_matrix": w.inverse_mass_matrix,
+                    "warmup_divergences": n_div[0]}
 
-        return run
+        def postfix(carry):
+            _, w, n_div = carry
+            return {"step size": jnp.mean(w.step_size), "divergences": n_div[1]}
+
+        return Sampler(init, step, loop_warmup=W, num_steps=W + num_samples, tuning=tuning,
+                       postfix=postfix)

@@ -53,8 +53,9 @@ def test_infer_chains_on_four_devices_match_one_device(fast_checks):
     # The draws and per-chain stats are sharded: the chain axis split over all 4 devices.
     assert ula["spec"] == "P('shard',)" and ula["num_devices"] == 4 and ula["stat_devices"] == 4
     assert ula["timing_devices"] == [1, 4]
-    # devices=None picks all 4 devices when they divide the chains: the same program.
-    assert ula["default_equals_all"]
+    # devices=None on CPU devices (which share the host's cores) runs on one device: the
+    # same program as devices=1, so the same draws bit for bit.
+    assert ula["default_devices"] == 1 and ula["default_equals_one"]
     # Same key, same draws up to float rounding: 300 contractive ULA steps on values of
     # order 1-5 in float32 (ulp ~ 1e-7 to 5e-7); 1e-5 allows a 20x margin over rounding,
     # while any difference in keys or initial points would show up as O(1).
@@ -66,9 +67,21 @@ def test_chain_count_that_does_not_divide(fast_checks):
     # An explicit device choice must divide: a clear error naming both numbers.
     assert "6 chains cannot be split evenly over 4 devices" in out["error"]
     assert "devices=3" in out["error"]
-    # devices=None (the default) falls back to the largest number of devices that divides.
-    assert out["fallback_devices"] == 3
-    assert out["odd_devices"] == 1  # 5 chains: only 1 divides
+    # devices=None (the default) on CPU devices: one device, whatever the chain count.
+    assert out["fallback_devices"] == 1 and out["odd_devices"] == 1
+
+
+def test_default_device_count_on_accelerators_and_cpus():
+    # On accelerators devices=None takes the largest number of devices that divides the
+    # chains (6 chains on 4 GPUs -> 3); on CPU devices, one.
+    from types import SimpleNamespace
+
+    from inference.sharding import default_device_count
+
+    gpus = [SimpleNamespace(platform="gpu")] * 4
+    assert [default_device_count(gpus, n) for n in (4, 6, 5, 8)] == [4, 3, 1, 4]
+    cpus = [SimpleNamespace(platform="cpu")] * 4
+    assert default_device_count(cpus, 4) == 1
 
 
 def test_data_parallel_fit_matches_single_device(fast_checks):

@@ -1,0 +1,294 @@
+"""Compile once per shape: the one cache of compiled programs, and a clock for compiling.
+
+Every compiled program of ``infer`` and ``fit`` goes through :func:`compile_program`. It is
+kept in :data:`PROGRAMS`, a bounded in-memory LRU cache (the only cache in the library,
+:envvar:`PPL_JAX_PROGRAM_CACHE_SIZE` entries, default 64), under a key made of everything
+that changes the program: the :func:`inference.fingerprint.fingerprint` of the model and the
+method (code, closures, globals it reads, settings), the structure and static leaves of the
+data, the shapes and dtypes of its arrays, the run's sizes, the devices and the JAX flags
+that change tracing (``jax_enable_x64`` ...). Data arrays are inputs of the programs, not
+constants baked into them, so new data of the same shapes reuses the program. When some
+part cannot be fingerprinted the program is compiled afresh and not kept (never stale).
+
+Across processes, JAX's persistent compilation cache does the same on disk (see
+:mod:`inference.disk_cache`); our programs carry no host callbacks (progress is reported
+between chunks, from the host), so they can be written there.
+
+While XLA compiles, a line says so with the time elapsed (``NUTS: compiling... 3.2 s``),
+then how long it took, so a first call never looks frozen.
+
+``PROGRAMS.clear()`` empties the in-memory cache.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> f = jax.jit(lambda x: x + 1)
+    >>> c1, info = compile_program(f, (jnp.ones(3),), key=("demo", 3), label="demo", progress=False)
+    >>> c2, info2 = compile_program(f, (jnp.ones(3),), key=("demo", 3), label="demo", progress=False)
+    >>> c1 is c2, info2["cache"]
+    (True, 'memory')
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import warnings
+from typing import Any, Callable
+
+import jax
+from jax import monitoring
+from tqdm.auto import tqdm
+
+from inference import disk_cache
+from inference.fingerprint import Unfingerprintable, fingerprint
+
+__all__ = ["PROGRAMS", "ProgramCache", "compiling", "Compiling", "compile_program", "program_key",
+           "abstract"]
+
+
+class ProgramCache:
+    """A bounded least-recently-used map from program keys to compiled programs.
+
+    Each entry also keeps alive the objects its key names by identity (see
+    :class:`inference.fingerprint.Fingerprint`), so an id in a key is never reused by
+    another object while the entry exists.
+    """
+
+    def __init__(self, maxsize: int = 64):
+        self.maxsize = int(maxsize)
+        self._entries: collections.OrderedDict[str, tuple[Any, tuple]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Any | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put(self, key: str, program: Any, keep: tuple = ()) -> None:
+        if self.maxsize <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (program, keep)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _cache_size() -> int:
+    try:
+        return int(os.environ.get("PPL_JAX_PROGRAM_CACHE_SIZE", "64"))
+    except ValueError:
+        return 64
+
+
+#: The compiled programs of this process (see the module docstring).
+PROGRAMS = ProgramCache(_cache_size())
+
+# JAX flags that change what a function traces to.
+_FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion",
+          "jax_numpy_dtype_promotion", "jax_default_prng_impl", "jax_enable_checks",
+          "jax_debug_nans", "jax_debug_infs", "jax_disable_jit")
+
+
+def abstract(tree: Any) -> Any:
+    """Shapes, dtypes and weak types of the array leaves of ``tree`` (a hashable summary)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    out = []
+    for x in leaves:
+        aval = jax.typeof(x) if isinstance(x, jax.Array) else jax.api_util.shaped_abstractify(x)
+        sharding = getattr(x, "sharding", None)
+        out.append((tuple(aval.shape), str(aval.dtype), bool(getattr(aval, "weak_type", False)),
+                    repr(getattr(sharding, "spec", None))))
+    return str(treedef), tuple(out)
+
+
+def program_key(*parts: Any) -> tuple[str, tuple] | None:
+    """``(digest, identities)`` for a program built from ``parts``, or None if some part
+    cannot be fingerprinted (then the program must not be cached).
+
+    The JAX flags that change tracing and the default backend are added to ``parts``.
+    """
+    flags = tuple(getattr(jax.config, name, None) for name in _FLAGS)
+    try:
+        fp = fingerprint(parts, flags, jax.default_backend())
+    except Unfingerprintable:
+        return None
+    return fp.digest, fp.identities
+
+
+class _CompileStatus:
+    """``label: compiling... 3.2 s`` while a compile runs, then the time it took (tqdm line)."""
+
+    def __init__(self, label: str, enabled: bool):
+        self.label, self.enabled = label, bool(enabled)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._line: Any = None
+        self.t0 = 0.0
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.25):
+            self._line.set_description_str(
+                f"{self.label}: compiling... {time.perf_counter() - self.t0:.1f} s")
+
+    def __enter__(self) -> "_CompileStatus":
+        self.t0 = time.perf_counter()
+        if self.enabled:
+            self._line = tqdm(total=None, bar_format="{desc}", desc=f"{self.label}: compiling...",
+                              leave=True)
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+        return self
+
+    def done(self, seconds: float, from_disk: bool) -> None:
+        self._finish()
+        if self._line is not None:
+            where = " (from the disk cache)" if from_disk else ""
+            self._line.set_description_str(f"{self.label}: compiled in {seconds:.1f} s{where}")
+
+    def _finish(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __exit__(self, *exc: Any) -> None:
+        self._finish()
+        if self._line is not None:
+            self._line.close()
+
+
+class _DiskHits:
+    """Counts JAX's persistent-cache hits during a compile (through ``jax.monitoring``)."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+
+    def __call__(self, event: str, **kwargs: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            self.hits += 1
+
+
+class Compiling:
+    """A compile session: programs looked up in :data:`PROGRAMS` or compiled, under one
+    status line (shown only if something really compiles) and one clock.
+
+    Use :func:`compiling`. ``seconds`` is the time spent compiling (0 when every program
+    came from memory); ``cache`` says where they came from: ``"memory"``, ``"disk"``
+    (JAX's persistent cache), ``"miss"`` (compiled), or ``"off"`` (not cacheable).
+    """
+
+    def __init__(self, label: str, progress: bool):
+        self.label, self.progress = label, progress
+        self.seconds = 0.0
+        self._sources: list[str] = []
+        self._status: _CompileStatus | None = None
+        self._hits = _DiskHits()
+
+    def compile(self, jitted: Any, args: tuple, *, key: tuple | None,
+                key_args: Any = None) -> Callable:
+        """The compiled ``jitted`` for ``args``.
+
+        ``key``: what decides the program besides the shapes of ``key_args`` (default
+        ``args``), e.g. the model, the method and the static data; ``None``: do not cache.
+        """
+        digest = None
+        if key is not None:
+            found = program_key(key, abstract(args if key_args is None else key_args))
+            if found is not None:
+                digest, identities = found
+                program = PROGRAMS.get(digest)
+                if program is not None:
+                    self._sources.append("memory")
+                    return program
+        if self._status is None:
+            self._status = _CompileStatus(self.label, self.progress).__enter__()
+            monitoring.register_event_listener(self._hits)
+        before = self._hits.hits
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            program = jitted.lower(*args).compile()
+        self.seconds += time.perf_counter() - t0
+        disk_cache.report_problems(caught)
+        if digest is not None:
+            PROGRAMS.put(digest, program, identities)
+        self._sources.append("disk" if self._hits.hits > before else
+                             "miss" if digest is not None else "off")
+        return program
+
+    @property
+    def cache(self) -> str:
+        """Where the programs came from (the least cached of them)."""
+        for source in ("off", "miss", "disk", "memory"):
+            if source in self._sources:
+                return source
+        return "memory"
+
+    def close(self, failed: bool = False) -> None:
+        if self._status is not None:
+            _unregister(self._hits)
+            if not failed:
+                self._status.done(self.seconds, self.cache == "disk")
+            self._status.__exit__(None, None, None)
+            self._status = None
+
+
+class compiling:  # noqa: N801  (used as a context manager, like a function)
+    """``with compiling("NUTS", progress) as c: program = c.compile(jax.jit(f), args, key=...)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> with compiling("demo", progress=False) as c:
+        ...     f = c.compile(jax.jit(lambda x: x * 2), (jnp.ones(2),), key=("demo-double",))
+        >>> f(jnp.ones(2)).tolist()
+        [2.0, 2.0]
+    """
+
+    def __init__(self, label: str, progress: bool = True):
+        self._session = Compiling(label, progress)
+
+    def __enter__(self) -> Compiling:
+        return self._session
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self._session.close(failed=exc_type is not None)
+
+
+def compile_program(
+    jitted: Any,
+    args: tuple,
+    *,
+    key: tuple | None,
+    label: str,
+    progress: bool = True,
+    key_args: Any = None,
+) -> tuple[Callable, dict[str, Any]]:
+    """One program through a :class:`Compiling` session: ``(compiled, info)`` with
+    ``info["compile"]`` the seconds spent and ``info["cache"]`` where it came from."""
+    with compiling(label, progress) as session:
+        program = session.compile(jitted, args, key=key, key_args=key_args)
+    return program, {"compile": session.seconds, "cache": session.cache}
+
+
+def _unregister(listener: Callable) -> None:
+    try:
+        monitoring.unregister_event_listener(listener)
+    except (AttributeError, ValueError, AssertionError):  # older JAX: no unregister
+        pass
