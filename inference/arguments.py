@@ -25,7 +25,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["positive_int", "as_key", "is_dynamic", "split_arguments", "as_arrays"]
+__all__ = ["positive_int", "as_key", "is_dynamic", "split_arguments", "as_arrays",
+           "static_part", "CONCRETE_ERRORS"]
+
+#: Errors of a model that uses the *values* of its data in Python (``if y.sum() > 0``,
+#: ``np.asarray(x)``, a support size read from the data): such a model is compiled with
+#: its data as constants instead of as program inputs.
+CONCRETE_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.TracerBoolConversionError,
+)
 
 
 def positive_int(name: str, value: Any, allow_zero: bool = False) -> int:

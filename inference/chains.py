@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inference.arguments import split_arguments, static_part
+from inference.arguments import CONCRETE_ERRORS, split_arguments, static_part
 from inference.compilation import compiling
 from inference.initialization import raise_no_valid_initial, select_initial
 from inference.progress import ProgressBar, chunk_sizes
@@ -46,16 +46,6 @@ from ppl.potential import Potential
 from ppl.potential import potential as make_potential
 
 __all__ = ["Sampler", "run_chains"]
-
-#: Errors of a model that uses the *values* of its data in Python (``if y.sum() > 0``,
-#: ``np.asarray(x)``): such a model is compiled with its data as constants instead.
-_CONCRETE_ERRORS = (
-    jax.errors.ConcretizationTypeError,
-    jax.errors.TracerArrayConversionError,
-    jax.errors.TracerIntegerConversionError,
-    jax.errors.TracerBoolConversionError,
-)
-
 
 class Sampler(NamedTuple):
     """What an MCMC method gives :func:`run_chains` (all functions over batched chains).
@@ -124,7 +114,7 @@ def run_chains(
     try:
         return _run(method, pot, data, split_arguments(data), key, num_warmup, num_samples,
                     num_chains, progress, mesh, stochastic, label, updates, tries, radius)
-    except _CONCRETE_ERRORS:
+    except CONCRETE_ERRORS:
         # The model reads its data's values in Python: compile with the data baked in (a
         # new program for new data, as NumPyro does).
         return _run(method, pot, data, _all_static(data), key, num_warmup, num_samples,

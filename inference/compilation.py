@@ -202,21 +202,24 @@ class Compiling:
         self._hits = _DiskHits()
 
     def compile(self, jitted: Any, args: tuple, *, key: tuple | None,
-                key_args: Any = None) -> Callable:
+                key_args: Any = None, relay: Any = None) -> Any:
         """The compiled ``jitted`` for ``args``.
 
         ``key``: what decides the program besides the shapes of ``key_args`` (default
         ``args``), e.g. the model, the method and the static data; ``None``: do not cache.
+        ``relay``: a :class:`inference.progress.Relay` the program's host callbacks report
+        to; then ``(compiled, relay)`` is returned, the relay being the one the program was
+        compiled with (a cached program keeps its own), for the caller to point at its bar.
         """
         digest = None
         if key is not None:
             found = program_key(key, abstract(args if key_args is None else key_args))
             if found is not None:
                 digest, identities = found
-                program = PROGRAMS.get(digest)
-                if program is not None:
+                entry = PROGRAMS.get(digest)
+                if entry is not None:
                     self._sources.append("memory")
-                    return program
+                    return entry if relay is not None else entry[0]
         if self._status is None:
             self._status = _CompileStatus(self.label, self.progress).__enter__()
             monitoring.register_event_listener(self._hits)
@@ -228,10 +231,10 @@ class Compiling:
         self.seconds += time.perf_counter() - t0
         disk_cache.report_problems(caught)
         if digest is not None:
-            PROGRAMS.put(digest, program, identities)
+            PROGRAMS.put(digest, (program, relay), identities)
         self._sources.append("disk" if self._hits.hits > before else
                              "miss" if digest is not None else "off")
-        return program
+        return (program, relay) if relay is not None else program
 
     @property
     def cache(self) -> str:

@@ -86,6 +86,8 @@ from numpyro.infer import util as numpyro_util
 from numpyro.infer.initialization import init_to_uniform
 
 from inference import progress as progress_lib
+from inference.arguments import CONCRETE_ERRORS, split_arguments, static_part
+from inference.compilation import compiling
 from inference.kernels import _acceptance, info_n_grad
 from inference.sharding import constrain_leading, describe, gather, mesh_for
 from ppl.errors import ModelError
@@ -687,30 +689,67 @@ class Gibbs:
 
         ``devices``: the chains split over devices (see :mod:`inference.sharding`).
         """
-        m = _Model(model, args, kwargs)
+        m = _Model(model, args, kwargs)  # checks the model and blocks on the real data
         mesh = mesh_for(devices, int(num_chains), what="chains", owner="Gibbs")
         sampler = _Sampler(m, self.blocks)
-        W, S, C, T = int(num_warmup), int(num_samples), int(num_chains), self.init_tries
+        W, S, C = int(num_warmup), int(num_samples), int(num_chains)
         bar = progress_lib.ProgressBar(W + S, desc="Gibbs", enabled=progress,
                                        phases=[("warmup", W), ("sample", S)])
-        with_rate = sampler.has_accept
+        data = (tuple(args), dict(kwargs))
+        try:
+            run = self._program(model, data, split_arguments(data), W, S, C, mesh, progress)
+        except CONCRETE_ERRORS:
+            # The model (or a block) needs its data's values in Python, e.g. an enumerated
+            # site whose support size comes from the data: compile with the data baked in.
+            run = self._program(model, data, ([], lambda _: data), W, S, C, mesh, progress)
+        compiled, relay, programs, dyn = run
+        t1 = time.perf_counter()
+        relay.target = bar
+        try:
+            samples, stats, found = gather(jax.block_until_ready(compiled(key, dyn)))
+            jax.effects_barrier()  # every progress callback has run before the bar closes
+        finally:
+            relay.target = None
+            bar.close()
+        t2 = time.perf_counter()
+        if not bool(jnp.all(found)):
+            raise ModelError(
+                f"Gibbs: model {m.name}: no finite initial log density in {self.init_tries} "
+                f"random points for chain {int(jnp.argmin(found))} (continuous sites uniform "
+                "in [-2, 2] unconstrained, discrete sites from the prior). Check the model's "
+                "data and parameters, or raise init_tries."
+            )
+        tuning = {"blocks": [list(b.names) for b in sampler.blocks]}
+        return samples, stats, tuning, {"compile": programs.seconds, "run": t2 - t1,
+                                        "devices": describe(mesh), "cache": programs.cache}
 
-        def valid(position):
-            cont = {n: v for n, v in position.items() if not m.sites[n].discrete}
-            value, grad = jax.value_and_grad(
-                lambda c: m.log_joint({**position, **c}))(cont)
-            ok = jnp.isfinite(value)
-            for g in jax.tree.leaves(grad):
-                ok = ok & jnp.all(jnp.isfinite(g))
-            return ok
+    def _program(self, model, data, split, W, S, C, mesh, progress):
+        """The compiled run of every chain, with the data as an argument (see run_model)."""
+        dyn, rebuild = split
+        T = self.init_tries
+        relay = progress_lib.Relay() if progress else None
 
-        def initial(key):
-            cands = jax.vmap(m.draw_position)(jax.random.split(key, T))
-            ok = jax.vmap(valid)(cands)
-            first = jnp.argmax(ok)
-            return jax.tree.map(lambda x: x[first], cands), jnp.any(ok)
+        def program(key, dyn):
+            a, kw = rebuild(dyn)
+            m = _Model(model, a, kw)
+            sampler = _Sampler(m, self.blocks)
+            with_rate = sampler.has_accept
 
-        def program(key):
+            def valid(position):
+                cont = {n: v for n, v in position.items() if not m.sites[n].discrete}
+                value, grad = jax.value_and_grad(
+                    lambda c: m.log_joint({**position, **c}))(cont)
+                ok = jnp.isfinite(value)
+                for g in jax.tree.leaves(grad):
+                    ok = ok & jnp.all(jnp.isfinite(g))
+                return ok
+
+            def initial(key):
+                cands = jax.vmap(m.draw_position)(jax.random.split(key, T))
+                ok = jax.vmap(valid)(cands)
+                first = jnp.argmax(ok)
+                return jax.tree.map(lambda x: x[first], cands), jnp.any(ok)
+
             k_init, k_state, k_run = jax.random.split(key, 3)
             positions, found = jax.vmap(initial)(jax.random.split(k_init, C))
             positions = constrain_leading(positions, mesh, C)
@@ -719,7 +758,7 @@ class Gibbs:
             fdt = state.logdensity.dtype
             stats = {"lp": jnp.zeros((S, C), fdt), "n_grad": jnp.zeros((S, C), jnp.int32)}
             if with_rate:
-                stats["acceptance_rate"] = jnp.zeros((S, C), jnp.float32)
+                stats["acceptance_rate"] = jnp.zeros((S, C), fdt)
 
             def body(carry, xs):
                 state, draws, stats = carry
@@ -736,28 +775,16 @@ class Gibbs:
 
             keys = jax.random.split(k_run, (W + S, C))
             state, draws, stats = progress_lib.scan(
-                body, (state, draws, stats), (jnp.arange(W + S), keys), W + S, bar=bar)
+                body, (state, draws, stats), (jnp.arange(W + S), keys), W + S, bar=relay)
             swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
             draws, stats = jax.tree.map(swap, draws), jax.tree.map(swap, stats)
             samples = jax.vmap(jax.vmap(m.constrain))(draws)
             return constrain_leading((samples, stats), mesh, C) + (found,)
 
-        t0 = time.perf_counter()
-        compiled = jax.jit(program).lower(key).compile()
-        t1 = time.perf_counter()
-        try:
-            samples, stats, found = gather(jax.block_until_ready(compiled(key)))
-            jax.effects_barrier()  # every progress callback has run before the bar closes
-        finally:
-            bar.close()
-        t2 = time.perf_counter()
-        if not bool(jnp.all(found)):
-            raise ModelError(
-                f"Gibbs: model {m.name}: no finite initial log density in {T} random points "
-                f"for chain {int(jnp.argmin(found))} (continuous sites uniform in [-2, 2] "
-                "unconstrained, discrete sites from the prior). Check the model's data and "
-                "parameters, or raise init_tries."
-            )
-        tuning = {"blocks": [list(b.names) for b in sampler.blocks]}
-        return samples, stats, tuning, {"compile": t1 - t0, "run": t2 - t1,
-                                        "devices": describe(mesh)}
+        static = static_part(data) if dyn else ("constants", data)
+        key = jax.random.key(0)
+        with compiling("Gibbs", progress) as programs:
+            compiled, relay = programs.compile(
+                jax.jit(program), (key, dyn), relay=relay or progress_lib.Relay(),
+                key=("gibbs", model, self, static, W, S, C, mesh, progress))
+        return compiled, relay, programs, dyn

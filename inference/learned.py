@@ -988,7 +988,7 @@ def importance_diagnostics(log_weights: Any) -> dict[str, float]:
 # The infer method
 # ----------------------------------------------------------------------------------------
 def _is_method(obj: Any) -> bool:
-    return callable(getattr(obj, "build", None)) or callable(getattr(obj, "run_model", None))
+    return callable(getattr(obj, "sampler", None)) or callable(getattr(obj, "run_model", None))
 
 
 @dataclass(frozen=True, eq=False)

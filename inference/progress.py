@@ -72,6 +72,39 @@ class ProgressBar:
             self._bar = None
 
 
+class Relay:
+    """A progress sink compiled into a program, pointed at each run's own bar or function.
+
+    A program whose host callbacks report progress is kept and reused across calls
+    (:mod:`inference.compilation`), so the callback cannot close over one call's bar; it
+    calls a relay instead, and each run sets ``relay.target`` (a :class:`ProgressBar`, or
+    any callable) for its duration. One run at a time per cached program.
+
+    Example:
+        >>> relay, seen = Relay(), []
+        >>> relay(1)                          # no target: ignored
+        >>> relay.target = seen.append
+        >>> relay(2); relay.target = None
+        >>> seen
+        [2]
+    """
+
+    enabled = True
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    def __call__(self, *args: Any) -> None:
+        target = self.target
+        if target is not None:
+            target(*args)
+
+    def update(self, done: Any, postfix: dict[str, Any]) -> None:
+        target = self.target
+        if target is not None:
+            target.update(done, postfix)
+
+
 def _fmt(value: Any) -> str:
     value = np.asarray(value)
     if value.dtype.kind in "iub":

@@ -70,6 +70,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -89,7 +90,9 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
 from inference import langevin
-from inference.progress import ProgressBar
+from inference.arguments import split_arguments, static_part
+from inference.compilation import compiling
+from inference.progress import ProgressBar, Relay
 from inference.sharding import constrain_leading, describe, gather, mesh_for, put_leading
 from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
@@ -763,7 +766,6 @@ class SMC:
                 + "; SMC starts from prior draws, so every latent site needs a proper prior "
                 "with a sampler. Use a proper prior or a method such as NUTS."
             ) from None
-        logprior, loglik = _split_potential(model, args, kwargs, sites)
         if num_chains > 1:
             chain_mesh, particle_mesh = mesh_for(devices, num_chains, what="chains",
                                                  owner="SMC"), None
@@ -780,42 +782,57 @@ class SMC:
                 b = float(betas.min())
                 bar.update(int(100 * b), {"beta": b})
 
-        def one_chain(key, chain):
-            on_stage = lambda b: jax.debug.callback(report, chain, b)  # noqa: E731
-            k_init, k_smc, k_pick = jax.random.split(key, 3)
-            positions = jax.vmap(functools.partial(_prior_draw, model, args, kwargs, sites))(
-                jax.random.split(k_init, n))
-            out = tempered_smc(
-                logprior, loglik, self.kernel, positions, k_smc,
-                num_mcmc_steps=self.num_mcmc_steps, schedule=self.schedule,
-                target_ess=self.target_ess, resampling=self.resampling,
-                init_step_size=self.init_step_size, target_acceptance=self.target_acceptance,
-                adapt_step_size=self.adapt_step_size, max_stages=self.max_stages,
-                callback=on_stage if progress else None, mesh=particle_mesh,
-            )
-            idx = jax.random.choice(k_pick, n, (num_samples,), replace=False)
-            draws = jax.tree.map(lambda v: v[idx], out.particles)
-            lp = jax.vmap(logprior)(draws) + out.loglikelihood[idx]
-            samples = jax.vmap(pot.to_constrained)(draws)
-            n_grad = jnp.full((num_samples,), out.n_grad / num_samples, jnp.result_type(float))
-            tuning = {
-                "log_evidence": out.log_evidence, "temperatures": out.temperatures,
-                "num_stages": out.num_stages, "acceptance_rate": out.acceptance_rate,
-                "step_size": out.step_size, "ess": out.ess, "n_grad": out.n_grad,
-            }
-            return samples, {"lp": lp, "n_grad": n_grad}, tuning
+        # The data enter the compiled program as arguments (new data of the same shapes
+        # reuse it); the progress callback goes through a relay (the program is cached).
+        dyn, rebuild = split_arguments((tuple(args), dict(kwargs)))
+        relay = Relay()
 
-        program = jax.jit(lambda k, c: constrain_leading(jax.vmap(one_chain)(k, c), chain_mesh,
-                                                         num_chains))
+        def program(keys, chains, dyn):
+            a, kw = rebuild(dyn)
+            logprior, loglik = _split_potential(model, a, kw, sites)
+            constrain = dataclasses.replace(pot, args=tuple(a), kwargs=dict(kw)).to_constrained
+
+            def one_chain(key, chain):
+                on_stage = lambda b: jax.debug.callback(relay, chain, b)  # noqa: E731
+                k_init, k_smc, k_pick = jax.random.split(key, 3)
+                positions = jax.vmap(functools.partial(_prior_draw, model, a, kw, sites))(
+                    jax.random.split(k_init, n))
+                out = tempered_smc(
+                    logprior, loglik, self.kernel, positions, k_smc,
+                    num_mcmc_steps=self.num_mcmc_steps, schedule=self.schedule,
+                    target_ess=self.target_ess, resampling=self.resampling,
+                    init_step_size=self.init_step_size, target_acceptance=self.target_acceptance,
+                    adapt_step_size=self.adapt_step_size, max_stages=self.max_stages,
+                    callback=on_stage if progress else None, mesh=particle_mesh,
+                )
+                idx = jax.random.choice(k_pick, n, (num_samples,), replace=False)
+                draws = jax.tree.map(lambda v: v[idx], out.particles)
+                lp = jax.vmap(logprior)(draws) + out.loglikelihood[idx]
+                samples = jax.vmap(constrain)(draws)
+                n_grad = jnp.full((num_samples,), out.n_grad / num_samples, jnp.result_type(float))
+                tuning = {
+                    "log_evidence": out.log_evidence, "temperatures": out.temperatures,
+                    "num_stages": out.num_stages, "acceptance_rate": out.acceptance_rate,
+                    "step_size": out.step_size, "ess": out.ess, "n_grad": out.n_grad,
+                }
+                return samples, {"lp": lp, "n_grad": n_grad}, tuning
+
+            return constrain_leading(jax.vmap(one_chain)(keys, chains), chain_mesh, num_chains)
+
         keys, chains = jax.random.split(key, num_chains), jnp.arange(num_chains)
         keys, chains = put_leading((keys, chains), chain_mesh, num_chains)
-        t0 = time.perf_counter()
-        compiled = program.lower(keys, chains).compile()
+        with compiling("SMC", progress) as programs:
+            compiled, relay = programs.compile(
+                jax.jit(program), (keys, chains, dyn), relay=relay,
+                key=("smc", model, self, static_part((tuple(args), dict(kwargs))), num_samples,
+                     num_chains, progress, chain_mesh, particle_mesh))
         t1 = time.perf_counter()
+        relay.target = report
         try:
-            samples, stats, tuning = gather(jax.block_until_ready(compiled(keys, chains)))
+            samples, stats, tuning = gather(jax.block_until_ready(compiled(keys, chains, dyn)))
             jax.effects_barrier()  # every progress callback has run before the bar closes
         finally:
+            relay.target = None
             bar.close()
         t2 = time.perf_counter()
         final = np.asarray(tuning["temperatures"])[np.arange(num_chains), np.asarray(tuning["num_stages"])]
@@ -826,5 +843,6 @@ class SMC:
                 "evidence are not the posterior's. Raise max_stages or lower target_ess.",
                 stacklevel=3,
             )
-        return samples, stats, tuning, {"compile": t1 - t0, "run": t2 - t1,
-                                        "devices": describe(chain_mesh or particle_mesh)}
+        return samples, stats, tuning, {"compile": programs.seconds, "run": t2 - t1,
+                                        "devices": describe(chain_mesh or particle_mesh),
+                                        "cache": programs.cache}

@@ -197,7 +197,7 @@ def test_infer_with_gibbs_returns_a_result_with_arviz_output():
     assert r.samples["gap"].shape == (2, 50)
     assert set(r.stats) == {"lp", "n_grad", "acceptance_rate"}
     assert all(v.shape == (2, 50) for v in r.stats.values())
-    assert set(r.timing) == {"compile", "run", "devices"}
+    assert set(r.timing) == {"compile", "run", "devices", "cache"}
     idata = r.to_arviz()
     assert "mu" in idata["posterior"] and "n_grad" in idata["sample_stats"]
 

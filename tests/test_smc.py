@@ -268,7 +268,7 @@ def test_infer_shapes_and_stats(scale_result):
     assert all(v.shape == (CHAINS, DRAWS) for v in r.stats.values())
     np.testing.assert_allclose(np.asarray(r.stats["n_grad"]).sum(1), np.asarray(r.tuning["n_grad"]))
     assert r.tuning["log_evidence"].shape == (CHAINS,)
-    assert set(r.timing) == {"compile", "run", "devices"}
+    assert set(r.timing) == {"compile", "run", "devices", "cache"}
     # lp is the log joint in unconstrained space, as NUTS's lp: check one draw.
     pot = ppl.potential(scale_model, y=jnp.asarray(YS))
     u = pot.to_unconstrained({"s": r.samples["s"][0, 0]})
