@@ -42,7 +42,9 @@ from numpyro import handlers
 
 import ppl
 from inference import guides as guides_lib
-from inference.fit import fit, split_arguments
+from inference.arguments import split_arguments, static_part
+from inference.compilation import compiling
+from inference.fit import fit
 from inference.progress import ProgressBar
 from ppl.errors import ModelError
 from ppl.tracing import latent_sites, model_name, trace_model
@@ -262,21 +264,25 @@ def _draw(model: Callable, guide: Callable, params: dict, args: tuple, latent: l
           key: jax.Array, n: int) -> tuple[dict, dict]:
     """``n`` independent draws of the fitted guide, with the model's deterministic sites."""
     dyn, rebuild = split_arguments(args)
-    m = handlers.substitute(model, data=params)
-    q = handlers.substitute(guide, data=params)
 
-    def one(k, dyn):
+    def one(k, dyn, params):  # the params are an argument: the program is reused
         a = rebuild(dyn)
+        q = handlers.substitute(guide, data=params)
         k_q, k_m = jax.random.split(k)
         trace = handlers.trace(handlers.seed(q, k_q)).get_trace(*a)
         z = {name: s["value"] for name, s in trace.items()
              if s["type"] == "sample" and not s["is_observed"]}
         model_trace = handlers.trace(
-            handlers.seed(handlers.substitute(m, data=z), k_m)
+            handlers.seed(handlers.substitute(handlers.substitute(model, data=params), data=z),
+                          k_m)
         ).get_trace(*a)
         out = {name: z[name] for name in latent}
         out.update({name: s["value"] for name, s in model_trace.items()
                     if s["type"] == "deterministic"})
         return out, {"lp": _trace_log_density(model_trace), "log_q": _trace_log_density(trace)}
 
-    return jax.jit(jax.vmap(one, (0, None)))(jax.random.split(key, n), dyn)
+    keys = jax.random.split(key, n)
+    with compiling("VI draws", False) as programs:
+        draw = programs.compile(jax.jit(jax.vmap(one, (0, None, None))), (keys, dyn, params),
+                                key=("vi-draws", model, guide, tuple(latent), static_part(args)))
+    return draw(keys, dyn, params)
