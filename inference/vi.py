@@ -82,6 +82,21 @@ def _bind(fn: Callable, kwargs: dict) -> Callable:
     return bound
 
 
+def _keywords_last(fn: Callable) -> Callable:
+    """``g(*args, kwargs) = fn(*args, **kwargs)``: a model's keyword data as one trailing
+    positional argument, since objectives pass positional arguments only. Unlike binding
+    them (:func:`_bind`), this keeps the data an input of the compiled programs, so new
+    data of the same shapes reuses them."""
+
+    def with_keywords(*args):
+        *positional, kwargs = args
+        return fn(*positional, **kwargs)
+
+    # Not functools.wraps: the signature must stay (*args), which is how it is called.
+    with_keywords.__name__ = with_keywords.__qualname__ = model_name(fn)
+    return with_keywords
+
+
 def _averaged(objective: ppl.Expectation, num_particles: int) -> ppl.Expectation:
     """The mean of ``num_particles`` independent estimates of ``objective`` (same expectation)."""
 
@@ -216,13 +231,18 @@ class VI:
 
         ``samples`` and ``stats`` have leading axes ``(num_chains, num_samples)``.
         """
-        model_k = _bind(model, kwargs)
-        guide_k = self.make_guide(model_k) if isinstance(self.guide, str) else _bind(self.guide, kwargs)
+        if kwargs:  # the keyword data travel as one trailing positional argument
+            model_k, args = _keywords_last(model), (*args, dict(kwargs))
+            guide_k = (self.make_guide(model_k) if isinstance(self.guide, str)
+                       else _keywords_last(self.guide))
+        else:
+            model_k = model
+            guide_k = self.make_guide(model) if isinstance(self.guide, str) else self.guide
         objective = self.make_objective(model_k, guide_k)
         init_key, fit_key, draw_key = jax.random.split(key, 3)
 
         params = ppl.init_params((model_k, guide_k), init_key, *args)
-        latent = list(latent_sites(trace_model(model, *args, **kwargs)))
+        latent = list(latent_sites(trace_model(model_k, *args)))
         drawn = trace_model(ppl.with_params(guide_k, params), *args, key=init_key)
         missing = [n for n in latent if n not in drawn or drawn[n]["type"] != "sample"]
         if missing:
