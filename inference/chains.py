@@ -44,6 +44,7 @@ from inference.progress import ProgressBar, chunk_sizes
 from inference.sharding import constrain_leading, describe, gather
 from ppl.potential import Potential
 from ppl.potential import potential as make_potential
+from ppl.potential import potential_from_trace
 
 __all__ = ["Sampler", "run_chains"]
 
@@ -95,6 +96,7 @@ def run_chains(
     mesh: Any = None,
     tries: int = 100,
     radius: float = 2.0,
+    trace: dict | None = None,
 ) -> tuple[dict, dict, dict, dict]:
     """Run ``method`` (an object with ``sampler(...)``) on ``model(*args, **kwargs)``.
 
@@ -104,9 +106,11 @@ def run_chains(
     (where the programs came from: ``memory``, ``disk``, ``miss`` or ``off``).
 
     With a device ``mesh`` (:func:`inference.sharding.mesh_for`) the chain axis is split
-    over its devices.
+    over its devices. ``trace``: the model's trace if the caller has one
+    (:func:`ppl.tracing.trace_model`), to save running the model again.
     """
-    pot = make_potential(model, *args, **kwargs)
+    pot = (make_potential(model, *args, **kwargs) if trace is None
+           else potential_from_trace(model, tuple(args), dict(kwargs), trace))
     stochastic = getattr(method, "stochastic_gradients", False)
     label = type(method).__name__
     updates = 20

@@ -103,6 +103,7 @@ def infer(
     args, kwargs = as_arrays(tuple(args)), as_arrays(dict(kwargs))
 
     trace = trace_model(model, *args, **kwargs)
+    traced_model = model
     omitted = omitted_data_arguments(model, args, kwargs)
     became_latent = sorted(omitted & set(latent_sites(trace)))
     if became_latent:
@@ -159,6 +160,7 @@ def infer(
         samples, stats, tuning, timing = run_chains(
             method, model, tuple(args), dict(kwargs), key=key, num_warmup=num_warmup,
             num_samples=num_samples, num_chains=num_chains, progress=progress, mesh=mesh,
+            trace=None if model is not traced_model else trace,
         )
     observed = {
         name: site["value"]

@@ -183,7 +183,21 @@ def potential(model: Callable, *args: Any, **kwargs: Any) -> Potential:
         >>> round(float(pot.logdensity_fn({"mu": jax.numpy.array(0.0)})), 4)
         -2.3379
     """
-    trace = trace_model(model, *args, **kwargs)
+    return potential_from_trace(model, args, kwargs, trace_model(model, *args, **kwargs))
+
+
+def potential_from_trace(model: Callable, args: tuple, kwargs: dict, trace: dict) -> Potential:
+    """:func:`potential` from a trace of ``model(*args, **kwargs)`` already taken with
+    :func:`ppl.tracing.trace_model` (saves running the model a second time).
+
+    Example:
+        >>> import numpyro.distributions as dist, ppl
+        >>> from ppl.tracing import trace_model
+        >>> def model():
+        ...     ppl.sample("x", dist.Normal(0.0, 1.0))
+        >>> potential_from_trace(model, (), {}, trace_model(model)).sites
+        {'x': ()}
+    """
     discrete = discrete_latent_sites(trace)
     if discrete:
         raise ModelError(
