@@ -97,8 +97,19 @@ def _array_like(x: Any) -> bool:
             and not isinstance(x, (list, tuple, dict)) and not callable(x))
 
 
+def _numeric_list(x: Any) -> bool:
+    if not isinstance(x, list) or not x:
+        return False
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError):
+        return False
+    return arr.dtype.kind in "biuf" and arr.ndim >= 1
+
+
 def as_arrays(tree: Any) -> Any:
-    """``tree`` with array-likes that are not arrays (pandas, xarray) converted to NumPy.
+    """``tree`` with array-likes that are not arrays (pandas, xarray) and lists of numbers
+    (``[1.0, 2.0]``, nested lists of equal lengths) converted to NumPy arrays.
 
     Example:
         >>> import numpy as np
@@ -106,9 +117,12 @@ def as_arrays(tree: Any) -> Any:
         ...     def __array__(self, dtype=None, copy=None): return np.arange(3.0)
         >>> as_arrays({"y": Series()})["y"].tolist()
         [0.0, 1.0, 2.0]
+        >>> as_arrays(([1.0, 2.0], 3))[0].shape
+        (2,)
     """
-    return jax.tree_util.tree_map(lambda x: np.asarray(x) if _array_like(x) else x, tree,
-                                  is_leaf=_array_like)
+    convert = lambda x: _array_like(x) or _numeric_list(x)  # noqa: E731
+    return jax.tree_util.tree_map(lambda x: np.asarray(x) if convert(x) else x, tree,
+                                  is_leaf=convert)
 
 
 def split_arguments(args: Any) -> tuple[list, Callable[[list], Any]]:

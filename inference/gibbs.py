@@ -384,8 +384,9 @@ class _DiscreteMH:
                              f"distributions ({type(s.fn).__name__}) are not supported; use Enumerate().")
         self.finite = bool(s.fn.has_enumerate_support)
         if self.finite:
-            support = jnp.asarray(s.fn.enumerate_support(expand=False)).reshape(-1)
-            self.low, self.k = int(support[0]), int(support.shape[0])
+            with jax.ensure_compile_time_eval():  # concrete while a program is traced
+                support = jnp.asarray(s.fn.enumerate_support(expand=False)).reshape(-1)
+                self.low, self.k = int(support[0]), int(support.shape[0])
 
     def step(self, key: jax.Array, position: dict, logdensity: jax.Array):
         k_prop, k_dir, k_acc = jax.random.split(key, 3)
@@ -406,7 +407,7 @@ class _DiscreteMH:
         rate = jnp.exp(jnp.minimum(log_ratio, 0.0))
         accept = jnp.log(jax.random.uniform(k_acc)) < log_ratio
         return (jnp.where(accept, new, z), jnp.where(accept, lp_new, logdensity),
-                rate.astype(jnp.float32))
+                rate.astype(jnp.result_type(float)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -552,10 +553,10 @@ class _Sampler:
                 n_grad = n_grad + info_n_grad(info)
                 rate = _acceptance(info)
                 if rate is not None:
-                    rates.append(rate.astype(jnp.float32))
+                    rates.append(rate.astype(jnp.result_type(float)))
                 logdensity = self.m.log_joint(position)
                 infos.append(info)
-        rate = jnp.mean(jnp.stack(rates)) if rates else jnp.ones((), jnp.float32)
+        rate = jnp.mean(jnp.stack(rates)) if rates else jnp.ones((), jnp.result_type(float))
         return (GibbsState(position, tuple(states), logdensity),
                 GibbsInfo(n_grad, rate, tuple(infos)))
 

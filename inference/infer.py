@@ -37,6 +37,11 @@ _positive_int, _as_key = positive_int, as_key
 
 
 def _check_method(method: Any) -> Any:
+    if isinstance(method, type):
+        raise TypeError(
+            f"method={method.__name__} is a class; pass an instance, e.g. "
+            f"method=inference.{method.__name__}() (its settings are its arguments)."
+        )
     if callable(getattr(method, "sampler", None)) or callable(getattr(method, "run_model", None)):
         return method
     names = ", ".join(f"inference.{m.__name__}()" for m in METHODS)
@@ -113,6 +118,14 @@ def infer(
             f"observed; shapes expected: "
             + ", ".join(f"'{n}' {tuple(trace[n]['fn'].shape())}" for n in became_latent)
             + ". Pass the data, or pass None explicitly to sample them from the model."
+        )
+    if not latent_sites(trace):
+        observed_names = [n for n, site in trace.items() if site["type"] == "sample"]
+        raise ModelError(
+            f"model {model_name(model)} has no latent sites, so there is no posterior to "
+            f"sample (its sample sites {observed_names} are all observed). Leave a data "
+            "argument as None to sample that site, or add the unknowns as numpyro.sample "
+            "sites without obs=."
         )
     discrete = discrete_latent_sites(trace)
     if discrete and not getattr(method, "handles_discrete", False):

@@ -38,6 +38,7 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from inference import langevin
@@ -49,7 +50,10 @@ __all__ = ["ULA", "MALA", "Underdamped", "RandomizedMidpoint", "SGLD", "SGHMC"]
 def _positive(owner: str, name: str, value: Any, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+    scalar = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+        isinstance(value, (jax.Array, np.ndarray, np.generic)) and np.ndim(value) == 0
+        and np.issubdtype(np.asarray(value).dtype, np.floating))
+    if not (scalar and float(value) > 0):
         raise ValueError(f"{owner}({name}={value!r}): must be a positive number.")
 
 

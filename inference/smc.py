@@ -544,7 +544,7 @@ def tempered_smc(
         particles, acc, grads = jax.vmap(one)(particles, jax.random.split(k_move, n))
         particles = split(particles)
         acc = jnp.mean(acc)
-        n_grad = n_grad + jnp.sum(grads)
+        n_grad = n_grad + jnp.sum(grads).astype(n_grad.dtype)  # int64 sums under x64
         h_used = jnp.asarray(h, dtype)
         if move.tunable and move.target_acceptance is not None:
             h = jnp.where(jnp.isnan(acc), h, h * jnp.exp(2.0 * (acc - move.target_acceptance)))

@@ -141,3 +141,25 @@ def test_progress_bar_runs_and_leaves_draws_unchanged(capsys):
     np.testing.assert_array_equal(np.asarray(quiet.samples["mu"]), np.asarray(shown.samples["mu"]))
     err = capsys.readouterr().err
     assert "NUTS sample" in err and "120/120" in err
+
+
+def test_plain_python_and_method_mistakes_get_clear_answers():
+    import jax.numpy as jnp
+
+    def model(y=None):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+        with numpyro.plate("d", len(y)):
+            numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    kw = dict(num_warmup=50, num_samples=50, num_chains=2, progress=False)
+    with pytest.raises(TypeError, match=r"pass an instance, e\.g\. method=inference\.NUTS\(\)"):
+        inference.infer(model, y=jnp.ones(3), method=inference.NUTS, **kw)
+    with pytest.raises(TypeError, match="a batch of keys"):
+        inference.infer(model, y=jnp.ones(3), key=jax.random.split(jax.random.key(0), 2), **kw)
+    with pytest.raises(ppl.ModelError, match="no latent sites"):
+        inference.infer(lambda y=None: numpyro.sample("y", dist.Normal(0, 1), obs=y), y=1.0, **kw)
+    # A list of numbers is data, as an array would be.
+    r = inference.infer(model, y=[1.0, 2.0, 3.0], **kw)
+    assert r.samples["mu"].shape == (2, 50)
+    # A step size given as a JAX scalar is a step size.
+    assert inference.MALA(step_size=jnp.asarray(0.1)).step_size is not None
