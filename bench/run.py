@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +36,7 @@ from numpyro.infer import MCMC  # noqa: E402
 from numpyro.infer import NUTS as NumPyroNUTS  # noqa: E402
 
 import inference  # noqa: E402
+from bench.common import machine_info, median_summary, safe_ratio  # noqa: E402
 from bench.models import MODELS  # noqa: E402
 from bench.startup import STARTUP_MODELS  # noqa: E402
 
@@ -117,45 +115,6 @@ def min_bulk_ess(samples: dict[str, Any], sites: list[str]) -> tuple[float, dict
     ess = arviz.ess(arviz.from_dict(posterior=posterior), method="bulk")
     per_site = {name: float(np.min(ess[name].values)) for name in sites}
     return min(per_site.values()), per_site
-
-
-def machine_info() -> dict[str, Any]:
-    import blackjax
-    import jaxlib
-
-    return {
-        "jax_devices": [str(d) for d in jax.devices()],
-        "jax_backend": jax.default_backend(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "python": platform.python_version(),
-        "jax_enable_x64": bool(jax.config.jax_enable_x64),
-        "versions": {
-            "jax": jax.__version__,
-            "jaxlib": jaxlib.__version__,
-            "numpyro": numpyro.__version__,
-            "blackjax": blackjax.__version__,
-            "arviz": arviz.__version__,
-            "numpy": np.__version__,
-        },
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    }
-
-
-def _median_summary(reps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median over repetitions of every numeric entry, plus the raw per-repetition values."""
-    out: dict[str, Any] = {}
-    for k, v in reps[0].items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            values = [r[k] for r in reps]
-            out[k] = statistics.median(values)
-    out["per_rep"] = reps
-    return out
-
-
-def _safe_ratio(a: float, b: float) -> float | None:
-    return None if not b else a / b
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,7 +250,7 @@ def suite_nuts(reps: int = 3, num_warmup: int = 1000, num_samples: int = 1000,
                       f"run {rec['run_s']:.2f}s ess {rec['min_bulk_ess']:.0f} "
                       f"grads {rec['n_grad_sampling']} div {rec['divergences']}",
                       file=sys.stderr, flush=True)
-        ours, theirs = _median_summary(ours_reps), _median_summary(np_reps)
+        ours, theirs = median_summary(ours_reps), median_summary(np_reps)
         results.append(
             {
                 "model": name,
@@ -301,15 +260,15 @@ def suite_nuts(reps: int = 3, num_warmup: int = 1000, num_samples: int = 1000,
                 "ours": ours,
                 "numpyro": theirs,
                 "ratio": {
-                    "ess_per_s": _safe_ratio(ours["ess_per_s"], theirs["ess_per_s"]),
-                    "ess_per_1000_grad": _safe_ratio(ours["ess_per_1000_grad"],
+                    "ess_per_s": safe_ratio(ours["ess_per_s"], theirs["ess_per_s"]),
+                    "ess_per_1000_grad": safe_ratio(ours["ess_per_1000_grad"],
                                                      theirs["ess_per_1000_grad"]),
-                    "ess_per_s_wall_minus_compile": _safe_ratio(
+                    "ess_per_s_wall_minus_compile": safe_ratio(
                         ours["ess_per_s_wall_minus_compile"],
                         theirs["ess_per_s_wall_minus_compile"]),
-                    "run_s": _safe_ratio(ours["run_s"], theirs["run_s"]),
-                    "compile_s": _safe_ratio(ours["compile_s"], theirs["compile_s"]),
-                    "compile_events_s": _safe_ratio(ours["compile_events_s"],
+                    "run_s": safe_ratio(ours["run_s"], theirs["run_s"]),
+                    "compile_s": safe_ratio(ours["compile_s"], theirs["compile_s"]),
+                    "compile_events_s": safe_ratio(ours["compile_events_s"],
                                                     theirs["compile_events_s"]),
                 },
             }

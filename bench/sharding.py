@@ -101,7 +101,7 @@ def suite_sharding(devices: tuple[int, ...] = (1, 2, 4), reps: int = 5, chains: 
                    samples: int = 200, vi_steps: int = 400, **_ignored) -> dict:
     """Throughput on each device count (one process each) and the scaling efficiency."""
     sys.path.insert(0, str(ROOT))
-    from bench.run import machine_info
+    from bench.common import machine_info
 
     per_count = {}
     for n in devices:

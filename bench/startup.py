@@ -340,7 +340,7 @@ def suite_startup(reps: int | None = None, quick: bool = False, num_warmup: int 
 
     ``quick``: 200 warmup + 200 draws and one repetition (unless ``reps`` is given).
     """
-    from bench.run import _median_summary, _safe_ratio
+    from bench.common import median_summary, safe_ratio
 
     if quick:
         num_warmup = num_samples = 200
@@ -374,15 +374,15 @@ def suite_startup(reps: int | None = None, quick: bool = False, num_warmup: int 
                 print(f"[startup] {name} rep {r} {lib}: import {rec['import_s']:.2f}s "
                       f"first {rec['first_call_s']:.2f}s second {rec['second_call_s']:.2f}s "
                       + extra, file=sys.stderr, flush=True)
-        ours, theirs = _median_summary(ours_reps), _median_summary(np_reps)
+        ours, theirs = median_summary(ours_reps), median_summary(np_reps)
         ratio = {
-            "first_call": _safe_ratio(ours["first_call_s"], theirs["first_call_s"]),
-            "second_call_speedup": _safe_ratio(theirs["second_call_s"], ours["second_call_s"]),
-            "warm_cache_speedup": _safe_ratio(theirs["warm_cache_first_call_s"],
+            "first_call": safe_ratio(ours["first_call_s"], theirs["first_call_s"]),
+            "second_call_speedup": safe_ratio(theirs["second_call_s"], ours["second_call_s"]),
+            "warm_cache_speedup": safe_ratio(theirs["warm_cache_first_call_s"],
                                               ours["warm_cache_first_call_s"]),
-            "warm_cache_speedup_vs_numpyro_with_jax_cache": _safe_ratio(
+            "warm_cache_speedup_vs_numpyro_with_jax_cache": safe_ratio(
                 theirs["numpyro_with_jax_cache_first_call_s"], ours["warm_cache_first_call_s"]),
-            "import": _safe_ratio(ours["import_s"], theirs["import_s"]),
+            "import": safe_ratio(ours["import_s"], theirs["import_s"]),
         }
         targets = {
             "first_call_le_1": ratio["first_call"] is not None and ratio["first_call"] <= 1.0,
