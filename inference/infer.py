@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
+import jax
+
 from inference.gibbs import Gibbs
 from inference.arguments import as_arrays, as_key, positive_int
 from inference.chains import run_chains

@@ -122,7 +122,8 @@ def relaxed_bernoulli(key, fn, sample_shape, strategy):
     ``soft`` is what carries tangents. Uses the same noise for both: ``hard = 1[logit(p) + g > 0]``
     with ``g`` logistic.
     """
-    from ppl.strategy import GumbelSoftmax, base_distribution
+    from ppl.distributions import base_distribution
+    from ppl.strategy import GumbelSoftmax
 
     shape = tuple(sample_shape) + tuple(fn.batch_shape) + tuple(fn.event_shape)
     probs = jnp.broadcast_to(base_distribution(fn).probs, shape)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from numpyro import distributions as dist
 
-from ppl.strategy import base_distribution
+from ppl.distributions import base_distribution
 
 __all__ = ["has_mvd", "canonical", "parts"]
 

@@ -28,7 +28,9 @@ from typing import Any, Callable
 from numpyro import distributions as dist
 from numpyro.primitives import Messenger
 
+from ppl.distributions import base_distribution  # noqa: F401  (re-exported)
 from ppl.errors import ModelError
+from ppl.mvd import has_mvd
 from ppl.tracing import model_name
 
 __all__ = [
@@ -186,16 +188,7 @@ class GumbelSoftmax(Strategy):
 _BY_NAME = {"reparam": Reparam, "reinforce": Reinforce, "enum": Enum, "mvd": MVD}
 
 
-def base_distribution(fn: Any) -> Any:
-    """The distribution under NumPyro's ``expand`` / ``to_event`` wrappers."""
-    while isinstance(fn, (dist.ExpandedDistribution, dist.Independent)):
-        fn = fn.base_dist
-    return fn
-
-
 def _fits(fn: Any) -> list[str]:
-    from ppl.mvd import has_mvd
-
     out = []
     if fn.has_rsample:
         out.append("'reparam'")
@@ -255,8 +248,6 @@ def resolve_strategy(name: str, fn: Any, spec: Any) -> Strategy:
 
 
 def _check(name: str, fn: Any, strategy: Strategy) -> None:
-    from ppl.mvd import has_mvd
-
     if isinstance(strategy, Reparam) and not fn.has_rsample:
         raise _cannot(name, fn, strategy, "it has no reparameterized sampler")
     if isinstance(strategy, Enum):
