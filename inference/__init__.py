@@ -20,7 +20,8 @@ from inference.arviz_data import from_groups
 from inference.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
 from inference.kernels import compose, cycle, mixture
 from inference.fit import FitResult, NonFiniteError, fit
-from inference.infer import METHODS, infer
+from inference.infer import infer
+from inference.method import ChainMethod, Method, all_methods
 from inference.langevin import mala, obabo, randomized_midpoint, sghmc, sgld, ula, underdamped
 from inference.learned import Learned, irmh
 from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
@@ -30,6 +31,10 @@ from inference.nuts import NUTS
 from inference.result import Result
 from inference.smc import SMC, SMCResult, tempered_smc
 from inference.vi import VI
+
+#: The method classes shipped with the library (``all_methods()`` also finds yours).
+METHODS: tuple[type, ...] = (NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, SGHMC, SMC,
+                             Gibbs, NeuTra, VI, Learned)
 
 __all__ = [
     "infer",
@@ -71,6 +76,9 @@ __all__ = [
     "tempered_smc",
     "VI",
     "METHODS",
+    "Method",
+    "ChainMethod",
+    "all_methods",
     "fit",
     "FitResult",
     "NonFiniteError",

@@ -90,6 +90,7 @@ from inference.arguments import CONCRETE_ERRORS, split_arguments, static_part
 from inference.compilation import compiling
 from inference.kernels import _acceptance, info_n_grad
 from inference.sharding import constrain_leading, describe, gather, mesh_for
+from inference.method import Method
 from ppl.errors import ModelError
 from ppl.tracing import latent_sites, model_name, trace_model
 
@@ -633,7 +634,7 @@ def constrain(model: Callable, position: dict, *args: Any, **kwargs: Any) -> dic
 # The infer method
 # ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Gibbs:
+class Gibbs(Method):
     """Within-Gibbs sampling as an ``inference.infer`` method: a kernel per block of sites.
 
     ``blocks`` is the dict of :func:`gibbs`. Chains start at random points (continuous sites
@@ -653,7 +654,7 @@ class Gibbs:
         ...     z = numpyro.sample("z", dist.Bernoulli(0.5))
         ...     numpyro.sample("y", dist.Normal(mu + 2.0 * z, 1.0), obs=y)
         >>> method = Gibbs({"z": Enumerate(), "mu": functools.partial(langevin.mala, step_size=0.5)})
-        >>> samples, stats, tuning, timing = method.run_model(
+        >>> samples, stats, tuning, timing = method.run(
         ...     model, (), {"y": 1.0}, key=jax.random.key(0), num_samples=50, num_warmup=10,
         ...     num_chains=2, progress=False)
         >>> samples["z"].shape, sorted(stats)
@@ -664,7 +665,6 @@ class Gibbs:
     init_tries: int = 20
 
     handles_discrete: ClassVar[bool] = True
-    needs_gradients: ClassVar[bool] = False
 
     def __post_init__(self):
         if not isinstance(self.blocks, dict) or not self.blocks:
@@ -673,7 +673,7 @@ class Gibbs:
         if not (isinstance(self.init_tries, int) and self.init_tries >= 1):
             raise ValueError(f"Gibbs(init_tries={self.init_tries!r}): must be a positive int.")
 
-    def run_model(
+    def run(
         self,
         model: Callable,
         args: tuple,
@@ -685,6 +685,7 @@ class Gibbs:
         num_chains: int,
         progress: bool = True,
         devices: Any = None,
+        trace: dict | None = None,
     ) -> tuple[dict, dict, dict, dict]:
         """Run the chains: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`.
 
@@ -725,7 +726,7 @@ class Gibbs:
                                         "devices": describe(mesh), "cache": programs.cache}
 
     def _program(self, model, data, split, W, S, C, mesh, progress):
-        """The compiled run of every chain, with the data as an argument (see run_model)."""
+        """The compiled run of every chain, with the data as an argument (see run)."""
         dyn, rebuild = split
         T = self.init_tries
         relay = progress_lib.Relay() if progress else None

@@ -2,54 +2,34 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import jax
 
-from inference.gibbs import Gibbs
 from inference.arguments import as_arrays, as_key, positive_int
-from inference.chains import run_chains
-from inference.learned import Learned
-from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
-from inference.neutra import NeuTra
+from inference.method import Method, all_methods
 from inference.nuts import NUTS
 from inference.result import Result
-from inference.sharding import mesh_for
-from inference.smc import SMC
-from inference.vi import VI
 from ppl.errors import ModelError
 from ppl.subsample import subsampled_plates, with_subsample_size
 from ppl.tracing import discrete_latent_sites, latent_sites, model_name, omitted_data_arguments, trace_model
-
-#: Method classes shipped with the library (used to say what fits in error messages).
-#: A method object either has ``sampler(logdensity_fn, num_warmup, num_samples)`` (MCMC
-#: chains run from initial positions by :func:`inference.chains.run_chains`; see
-#: :class:`NUTS`) or
-#: ``run_model(model, args, kwargs, *, key, num_samples, num_warmup, num_chains, progress)``
-#: returning
-#: ``(samples, stats, tuning, timing)`` (a method that works on the model itself; see
-#: :class:`VI`).
-METHODS: tuple[type, ...] = (NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, SGHMC, SMC, Gibbs,
-                             NeuTra, VI, Learned)
-
 
 # Kept under their old private names for the modules that import them from here.
 _positive_int, _as_key = positive_int, as_key
 
 
-def _check_method(method: Any) -> Any:
+def _check_method(method: Any) -> Method:
     if isinstance(method, type):
         raise TypeError(
             f"method={method.__name__} is a class; pass an instance, e.g. "
             f"method=inference.{method.__name__}() (its settings are its arguments)."
         )
-    if callable(getattr(method, "sampler", None)) or callable(getattr(method, "run_model", None)):
+    if isinstance(method, Method):
         return method
-    names = ", ".join(f"inference.{m.__name__}()" for m in METHODS)
+    names = ", ".join(f"inference.{m.__name__}()" for m in all_methods())
     raise TypeError(
-        f"method must be a method object such as {names}; got {method!r} "
-        f"({type(method).__name__})."
+        f"method must be a method object such as {names} (an inference.method.Method); "
+        f"got {method!r} ({type(method).__name__})."
     )
 
 
@@ -132,7 +112,7 @@ def infer(
     discrete = discrete_latent_sites(trace)
     if discrete and not getattr(method, "handles_discrete", False):
         details = ", ".join(f"'{n}' ({type(trace[n]['fn']).__name__})" for n in discrete)
-        capable = [m.__name__ for m in METHODS if getattr(m, "handles_discrete", False)]
+        capable = [m.__name__ for m in all_methods() if m.handles_discrete]
         raise ModelError(
             f"model {model_name(model)} has discrete latent site(s) {details}, which "
             f"{type(method).__name__} cannot sample: it moves by gradients. Marginalise the "
@@ -143,12 +123,12 @@ def infer(
         )
 
     plates = subsampled_plates(trace)
-    stochastic = getattr(method, "stochastic_gradients", False)
+    stochastic = method.stochastic_gradients
     if stochastic and getattr(method, "batch_size", None) is not None:
         sizes = {name: method.batch_size for name in plates} or {"data": method.batch_size}
         model = with_subsample_size(model, sizes, trace)
-    elif plates and not stochastic and not getattr(method, "handles_subsampling", False):
-        capable = [m.__name__ for m in METHODS if getattr(m, "stochastic_gradients", False)]
+    elif plates and not stochastic:
+        capable = [m.__name__ for m in all_methods() if m.stochastic_gradients]
         raise ModelError(
             f"model {model_name(model)} subsamples plate(s) "
             + ", ".join(f"'{n}' ({b} of {n_})" for n, (n_, b) in plates.items())
@@ -157,26 +137,11 @@ def infer(
             + ", ".join(capable) + "."
         )
 
-    if callable(getattr(method, "run_model", None)):
-        extra = {}
-        if "devices" in inspect.signature(method.run_model).parameters:
-            extra["devices"] = devices
-        elif devices is not None:
-            raise ValueError(
-                f"infer: {type(method).__name__} does not split its work over devices; "
-                "leave devices=None (its chains, if any, run on the default device)."
-            )
-        samples, stats, tuning, timing = method.run_model(
-            model, tuple(args), dict(kwargs), key=key, num_samples=num_samples,
-            num_warmup=num_warmup, num_chains=num_chains, progress=progress, **extra,
-        )
-    else:
-        mesh = mesh_for(devices, num_chains, what="chains", owner="infer")
-        samples, stats, tuning, timing = run_chains(
-            method, model, tuple(args), dict(kwargs), key=key, num_warmup=num_warmup,
-            num_samples=num_samples, num_chains=num_chains, progress=progress, mesh=mesh,
-            trace=None if model is not traced_model else trace,
-        )
+    samples, stats, tuning, timing = method.run(
+        model, tuple(args), dict(kwargs), key=key, num_samples=num_samples,
+        num_warmup=num_warmup, num_chains=num_chains, progress=progress, devices=devices,
+        trace=trace if model is traced_model else None,
+    )
     observed = {
         name: site["value"]
         for name, site in trace.items()

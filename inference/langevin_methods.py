@@ -43,6 +43,7 @@ import optax
 
 from inference import langevin
 from inference.chains import Sampler
+from inference.method import ChainMethod
 
 __all__ = ["ULA", "MALA", "Underdamped", "RandomizedMidpoint", "SGLD", "SGHMC"]
 
@@ -58,7 +59,7 @@ def _positive(owner: str, name: str, value: Any, allow_none: bool = True) -> Non
 
 
 @dataclass(frozen=True)
-class _LangevinMethod(abc.ABC):
+class _LangevinMethod(ChainMethod):
     """Fields and the ``sampler`` shared by every Langevin method (see the module docstring)."""
 
     step_size: float | None = None
@@ -67,7 +68,6 @@ class _LangevinMethod(abc.ABC):
     thinning: int = 1
     find_mode: int = 100
 
-    handles_discrete: ClassVar[bool] = False
     #: SGLD / SGHMC: ``sampler`` receives ``logdensity_estimate(position, key)``.
     stochastic_gradients: ClassVar[bool] = False
 

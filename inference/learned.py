@@ -78,6 +78,7 @@ from inference import flow_matching as fm
 from inference import progress as progress_lib
 from inference.flows import FlowSpec, check_kind
 from inference.langevin import _accept
+from inference.method import Method
 from ppl.errors import ModelError
 from ppl.potential import Potential
 from ppl.potential import potential as make_potential
@@ -988,11 +989,11 @@ def importance_diagnostics(log_weights: Any) -> dict[str, float]:
 # The infer method
 # ----------------------------------------------------------------------------------------
 def _is_method(obj: Any) -> bool:
-    return callable(getattr(obj, "sampler", None)) or callable(getattr(obj, "run_model", None))
+    return isinstance(obj, Method)
 
 
 @dataclass(frozen=True, eq=False)
-class Learned:
+class Learned(Method):
     """Learn a sampler of the posterior from another method's draws, then draw cheaply from it.
 
     ``infer(model, ..., method=Learned(source=NUTS(), flow="spline_coupling", correct="irmh"))``:
@@ -1066,7 +1067,6 @@ class Learned:
     validation: float = 0.1
 
     handles_discrete: ClassVar[bool] = False
-    needs_gradients: ClassVar[bool] = False  # IRMH none; a gradient-based source its own
 
     def __post_init__(self):
         from inference.nuts import NUTS
@@ -1183,7 +1183,7 @@ class Learned:
         return r.flow, r.losses
 
     # -- the infer hook ----------------------------------------------------------------
-    def run_model(
+    def run(
         self,
         model: Callable,
         args: tuple,
@@ -1194,8 +1194,15 @@ class Learned:
         num_chains: int,
         num_warmup: int = 1000,
         progress: bool = True,
+        devices: Any = None,
+        trace: dict | None = None,
     ) -> tuple[dict, dict, dict, dict]:
         """Source, fit, draw: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`."""
+        if devices is not None:
+            raise ValueError(
+                f"infer: {type(self).__name__} does not split its work over devices; "
+                "leave devices=None (its chains, if any, run on the default device)."
+            )
         pot = make_potential(model, *args, **kwargs)
         k_src, k_fit, k_run = jax.random.split(key, 3)
         timing: dict[str, float] = {}

@@ -54,6 +54,7 @@ from inference.flows import FlowSpec, check_kind
 from inference.nuts import NUTS
 from inference.progress import ProgressBar
 from inference.vi import VI, _bind
+from inference.method import Method
 
 __all__ = ["NeuTra", "transported_model"]
 
@@ -118,7 +119,7 @@ def transported_model(model: Callable, spec: FlowSpec, theta: jax.Array,
 
 
 @dataclass(frozen=True)
-class NeuTra:
+class NeuTra(Method):
     """Fit a flow by VI, then run an MCMC kernel in the flow's base space (module docstring).
 
     Args:
@@ -151,7 +152,6 @@ class NeuTra:
     flow_options: dict | None = None
 
     handles_discrete: ClassVar[bool] = False
-    needs_gradients: ClassVar[bool] = True
 
     def __post_init__(self):
         object.__setattr__(self, "flow", check_kind(self.flow, "NeuTra"))
@@ -186,7 +186,7 @@ class NeuTra:
         """The flow guide that is fitted for ``model``."""
         return guides_lib.flow(model, kind=self.flow, **dict(self.flow_options or {}))
 
-    def run_model(
+    def run(
         self,
         model: Callable,
         args: tuple,
@@ -198,11 +198,10 @@ class NeuTra:
         num_warmup: int = 1000,
         progress: bool = True,
         devices: Any = None,
+        trace: dict | None = None,
     ) -> tuple[dict, dict, dict, dict]:
         """Fit the flow, then run the kernel on the transported model: ``(samples, stats,
         tuning, timing)`` for :class:`inference.Result`, draws of the original sites."""
-        from inference.infer import infer  # here: inference.infer imports this module
-
         model_k = _bind(model, kwargs)
         guide = self.make_guide(model_k)
         vi = self._vi()
@@ -224,11 +223,11 @@ class NeuTra:
         theta = constrained[f"{prefix}.flow"]
         model_params = {k: v for k, v in constrained.items() if k != f"{prefix}.flow"}
         transported = transported_model(model_k, spec, theta, sites, model_params)
-        result = infer(transported, *args, method=self.kernel, num_samples=num_samples,
-                       num_warmup=num_warmup, num_chains=num_chains, key=run_key,
-                       progress=progress, devices=devices)
-        samples = {k: v for k, v in result.samples.items() if not k.startswith("_neutra")}
-        tuning = dict(result.tuning or {})
+        samples, stats, kernel_tuning, kernel_timing = self.kernel.run(
+            transported, tuple(args), {}, key=run_key, num_samples=num_samples,
+            num_warmup=num_warmup, num_chains=num_chains, progress=progress, devices=devices)
+        samples = {k: v for k, v in samples.items() if not k.startswith("_neutra")}
+        tuning = dict(kernel_tuning or {})
         tuning.update({"vi_objective": fitted.values, "params": constrained})
-        timing = {"fit": t1 - t0, **{k: v for k, v in (result.timing or {}).items()}}
-        return samples, result.stats, tuning, timing
+        timing = {"fit": t1 - t0, **dict(kernel_timing or {})}
+        return samples, stats, tuning, timing

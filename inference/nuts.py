@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, NamedTuple
+from typing import Callable, NamedTuple
 
 import blackjax
 import jax
@@ -14,6 +14,7 @@ from blackjax.adaptation.step_size import dual_averaging_adaptation
 from blackjax.adaptation.window_adaptation import build_schedule
 
 from inference.chains import Sampler
+from inference.method import ChainMethod
 
 
 class _Warmup(NamedTuple):
@@ -24,7 +25,7 @@ class _Warmup(NamedTuple):
 
 
 @dataclass(frozen=True)
-class NUTS:
+class NUTS(ChainMethod):
     """The No-U-Turn sampler (BlackJAX's kernel) with Stan's window adaptation.
 
     Warmup adapts the step size by dual averaging towards ``target_accept_prob`` and a
@@ -46,7 +47,6 @@ class NUTS:
     dense_mass: bool = False
     init_step_size: float = 1.0
 
-    handles_discrete: ClassVar[bool] = False
 
     def __post_init__(self):
         if not 0.0 < float(self.target_accept_prob) < 1.0:

@@ -94,6 +94,7 @@ from inference.arguments import split_arguments, static_part
 from inference.compilation import compiling
 from inference.progress import ProgressBar, Relay
 from inference.sharding import constrain_leading, describe, gather, mesh_for, put_leading
+from inference.method import Method
 from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
 from ppl.tracing import latent_sites, model_name, trace_model
@@ -641,7 +642,7 @@ def _prior_draw(model: Callable, args: tuple, kwargs: dict, sites: list[str], ke
 # The infer method
 # ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SMC:
+class SMC(Method):
     """Tempered SMC as an ``inference.infer`` method: posterior draws and the log evidence.
 
     Args:
@@ -699,7 +700,6 @@ class SMC:
     max_stages: int = 200
 
     handles_discrete: ClassVar[bool] = False
-    needs_gradients: ClassVar[bool] = True
 
     def __post_init__(self):
         _check_int("SMC", "num_particles", self.num_particles, 2)
@@ -716,7 +716,7 @@ class SMC:
         if self.schedule is not None:
             _check_schedule(self.schedule)
 
-    def run_model(
+    def run(
         self,
         model: Callable,
         args: tuple,
@@ -728,6 +728,7 @@ class SMC:
         num_warmup: int = 0,
         progress: bool = True,
         devices: Any = None,
+        trace: dict | None = None,
     ) -> tuple[dict, dict, dict, dict]:
         """Run ``num_chains`` independent SMCs: ``(samples, stats, tuning, timing)``.
 

@@ -46,6 +46,7 @@ from inference.arguments import split_arguments, static_part
 from inference.compilation import compiling
 from inference.fit import fit
 from inference.progress import ProgressBar
+from inference.method import Method
 from ppl.errors import ModelError
 from ppl.tracing import latent_sites, model_name, trace_model
 
@@ -108,7 +109,7 @@ def _averaged(objective: ppl.Expectation, num_particles: int) -> ppl.Expectation
 
 
 @dataclass(frozen=True)
-class VI:
+class VI(Method):
     """Variational inference: fit a guide by maximizing an objective, then sample the guide.
 
     Args:
@@ -144,7 +145,6 @@ class VI:
     guide_options: dict | None = None
 
     handles_discrete: ClassVar[bool] = False
-    needs_gradients: ClassVar[bool] = True
 
     def __post_init__(self):
         for name in ("steps", "num_particles"):
@@ -213,7 +213,7 @@ class VI:
         return objective if self.num_particles == 1 else _averaged(objective, self.num_particles)
 
     # -- the infer hook ------------------------------------------------------------------
-    def run_model(
+    def run(
         self,
         model: Callable,
         args: tuple,
@@ -224,6 +224,8 @@ class VI:
         num_chains: int,
         num_warmup: int = 0,
         progress: bool = True,
+        devices: Any = None,
+        trace: dict | None = None,
     ) -> tuple[dict, dict, dict, dict]:
         """Fit and sample: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`.
 
@@ -231,6 +233,11 @@ class VI:
 
         ``samples`` and ``stats`` have leading axes ``(num_chains, num_samples)``.
         """
+        if devices is not None:
+            raise ValueError(
+                f"infer: {type(self).__name__} does not split its work over devices; "
+                "leave devices=None (its chains, if any, run on the default device)."
+            )
         if kwargs:  # the keyword data travel as one trailing positional argument
             model_k, args = _keywords_last(model), (*args, dict(kwargs))
             guide_k = (self.make_guide(model_k) if isinstance(self.guide, str)

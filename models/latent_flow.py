@@ -61,6 +61,7 @@ from inference import langevin
 from inference.fit import FitResult, NonFiniteError, all_finite
 from inference.flows import FlowSpec
 from inference.progress import ProgressBar, chunk_sizes
+from inference.arguments import as_key  # infer's rules; no default key here
 
 __all__ = [
     "LIKELIHOODS", "LatentFlowModel", "Optimizers", "init", "log_prior", "log_likelihood",
@@ -159,8 +160,6 @@ def _positive_float(name: str, value: Any, owner: str) -> float:
 
 
 def _as_key(key: Any, owner: str) -> jax.Array:
-    from inference.infer import _as_key as as_key  # infer's rules; no default key here
-
     if key is not None:
         try:
             return as_key(key)
