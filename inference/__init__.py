@@ -15,7 +15,10 @@ from inference import disk_cache
 
 disk_cache.configure()  # JAX's persistent compilation cache, unless the user chose otherwise
 
-from inference import flow_matching, flows, guides, kernels, learned, metrics, score, sharding
+import importlib
+from typing import Any
+
+from inference import guides, kernels, sharding
 from inference.arviz_data import from_groups
 from inference.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
 from inference.kernels import compose, cycle, mixture
@@ -23,18 +26,33 @@ from inference.fit import FitResult, NonFiniteError, fit
 from inference.infer import infer
 from inference.method import ChainMethod, Method, all_methods
 from inference.langevin import mala, obabo, randomized_midpoint, sghmc, sgld, ula, underdamped
-from inference.learned import Learned, irmh
 from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
 from inference.initialization import initial_positions
-from inference.neutra import NeuTra
 from inference.nuts import NUTS
 from inference.result import Result
 from inference.smc import SMC, SMCResult, tempered_smc
 from inference.vi import VI
 
-#: The method classes shipped with the library (``all_methods()`` also finds yours).
-METHODS: tuple[type, ...] = (NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, SGHMC, SMC,
-                             Gibbs, NeuTra, VI, Learned)
+# Imported on first use (PEP 562): flows, learned samplers, flow matching and score
+# samplers pull in flowjax and large programs that most runs never touch.
+_LAZY_MODULES = ("flows", "flow_matching", "learned", "metrics", "neutra", "score")
+_LAZY_NAMES = {"NeuTra": "neutra", "Learned": "learned", "irmh": "learned"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"inference.{name}")
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f"inference.{_LAZY_NAMES[name]}"), name)
+    if name == "METHODS":
+        # The method classes shipped with the library (``all_methods()`` also finds yours).
+        return (NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, SGHMC, SMC, Gibbs,
+                __getattr__("NeuTra"), VI, __getattr__("Learned"))
+    raise AttributeError(f"module 'inference' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 __all__ = [
     "infer",
