@@ -45,13 +45,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-from jax._src import core as jax_core
-from jax._src.interpreters import batching  # BatchTrace: to allow vmap inside objectives
 from numpyro import handlers
 from numpyro.primitives import Messenger
 
 from ppl import adev
 from ppl.choice import bind_choice
+from ppl import jax_internals
 from ppl.density import log_density
 from ppl.errors import ModelError
 from ppl.strategy import resolve_strategy
@@ -65,7 +64,7 @@ class ExpectationError(ModelError):
 
 
 def _current_trace():
-    return jax_core.trace_ctx.trace
+    return jax_internals.current_trace()
 
 
 class _Seed(Messenger):
@@ -106,9 +105,9 @@ class _Seed(Messenger):
         first; anything else in between is an error."""
         levels = []
         trace = _current_trace()
-        while trace is not self.trace and isinstance(trace, batching.BatchTrace):
+        while trace is not self.trace and jax_internals.is_vmap(trace):
             levels.append(trace)
-            trace = trace.parent_trace
+            trace = jax_internals.parent(trace)
         if trace is not self.trace:
             raise ExpectationError(
                 f"{what} is inside a JAX transformation other than jax.vmap (jax.lax.scan, "
@@ -123,7 +122,7 @@ class _Seed(Messenger):
         self.key, sub = jax.random.split(self.key)
         # Under jax.vmap, each element gets its own key: independent particles.
         for level in levels:
-            sub = batching.BatchTracer(level, jax.random.split(sub, level.axis_data.size), 0)
+            sub = jax_internals.batched(level, jax.random.split(sub, jax_internals.axis_size(level)))
         return sub
 
     def process_message(self, msg):
@@ -289,7 +288,7 @@ class Expectation:
         interpreter would compile every operation separately.)
         """
         leaves, tree = jax.tree_util.tree_flatten(args)
-        if any(isinstance(x, jax_core.Tracer) for x in [key, *leaves]):
+        if any(isinstance(x, jax.core.Tracer) for x in [key, *leaves]):
             return impl(key, *args)
         dynamic = tuple(
             isinstance(x, (jax.Array, np.ndarray, float, complex)) for x in leaves
