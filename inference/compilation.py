@@ -1,7 +1,7 @@
-"""Compile once per shape: the one cache of compiled programs, and a clock for compiling.
+"""Compile once per shape: the caches of compiled programs, and a clock for compiling.
 
 Every compiled program of ``infer`` and ``fit`` goes through :func:`compile_program`. It is
-kept in :data:`PROGRAMS`, a bounded in-memory LRU cache (the only cache in the library,
+kept in :data:`PROGRAMS`, a bounded in-memory LRU cache (the library's only in-memory one,
 :envvar:`PPL_JAX_PROGRAM_CACHE_SIZE` entries, default 64), under a key made of everything
 that changes the program: the :func:`inference.fingerprint.fingerprint` of the model and the
 method (code, closures, globals it reads, settings), the structure and static leaves of the
@@ -10,9 +10,16 @@ that change tracing (``jax_enable_x64`` ...). Data arrays are inputs of the prog
 constants baked into them, so new data of the same shapes reuses the program. When some
 part cannot be fingerprinted the program is compiled afresh and not kept (never stale).
 
-Across processes, JAX's persistent compilation cache does the same on disk (see
-:mod:`inference.disk_cache`); our programs carry no host callbacks (progress is reported
-between chunks, from the host), so they can be written there.
+Across processes, :mod:`inference.program_store` keeps the compiled executables on disk
+(under the disk cache's directory) keyed by a *stable* digest: the same fingerprint with
+library objects named by where they are defined instead of by ``id`` (see
+:attr:`inference.fingerprint.Fingerprint.stable`), plus everything outside the key that
+could change the program in a new process (:func:`environment`: the versions of Python,
+JAX, jaxlib, NumPyro and the other libraries, the backend and its devices, the XLA flags
+and JAX settings, and a digest of the sources of ``ppl`` and ``inference``). A new process
+then skips tracing, lowering and compiling alike (``cache == "disk"``). Programs the store
+cannot keep (host callbacks, constants baked in) still go through JAX's persistent
+compilation cache (see :mod:`inference.disk_cache`), which saves the XLA compile only.
 
 While XLA compiles, a line says so with the time elapsed (``NUTS: compiling... 3.2 s``),
 then how long it took, so a first call never looks frozen.
@@ -31,21 +38,24 @@ Example:
 from __future__ import annotations
 
 import collections
+import hashlib
+import importlib.metadata
 import os
+import sys
 import threading
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 from jax import monitoring
 from tqdm.auto import tqdm
 
-from inference import disk_cache
+from inference import disk_cache, program_store
 from inference.fingerprint import Unfingerprintable, fingerprint
 
 __all__ = ["PROGRAMS", "ProgramCache", "compiling", "Compiling", "compile_program", "program_key",
-           "abstract"]
+           "ProgramKey", "abstract", "environment"]
 
 
 class ProgramCache:
@@ -118,18 +128,117 @@ def abstract(tree: Any) -> Any:
     return str(treedef), tuple(out)
 
 
-def program_key(*parts: Any) -> tuple[str, tuple] | None:
-    """``(digest, identities)`` for a program built from ``parts``, or None if some part
+class ProgramKey(NamedTuple):
+    """``digest``: the in-memory key; ``identities``: objects it names by identity (kept
+    alive with the entry); ``stable``: the key across processes (None: not kept on disk)."""
+
+    digest: str
+    identities: tuple
+    stable: str | None
+
+
+def program_key(*parts: Any) -> ProgramKey | None:
+    """The :class:`ProgramKey` of a program built from ``parts``, or None if some part
     cannot be fingerprinted (then the program must not be cached).
 
-    The JAX flags that change tracing and the default backend are added to ``parts``.
+    The JAX flags that change tracing and the default backend are added to ``parts``; the
+    stable digest also covers :func:`environment`.
     """
     flags = tuple(getattr(jax.config, name, None) for name in _FLAGS)
     try:
         fp = fingerprint(parts, flags, jax.default_backend())
     except Unfingerprintable:
         return None
-    return fp.digest, fp.identities
+    stable = None
+    if fp.stable is not None:
+        env = environment()
+        if env is not None:
+            stable = hashlib.blake2b(f"{fp.stable}|{env}".encode(), digest_size=20).hexdigest()
+    return ProgramKey(fp.digest, fp.identities, stable)
+
+
+# -- what else decides a program in a new process ----------------------------------------
+#: Distributions whose versions are part of the stable key (their code is named, not hashed).
+_VERSIONED = ("jax", "jaxlib", "numpy", "scipy", "numpyro", "blackjax", "optax", "equinox",
+              "flowjax", "jaxtyping")
+#: JAX settings that say nothing about the program (caches, logging, dumps, checks of the
+#: Python side); every other setting is part of the stable key.
+_CONFIG_IGNORED_PREFIXES = ("jax_compilation_cache", "jax_persistent_cache",
+                            "jax_enable_compilation_cache", "jax_raise_persistent_cache",
+                            "jax_log_compiles", "jax_logging_level", "jax_explain_cache_misses",
+                            "jax_debug_log_modules", "jax_dump_ir", "jax_include_debug_info",
+                            "jax_pprint", "jax_traceback", "jax_tracer_error",
+                            "jax_compiler_detailed_logging", "jax_captured_constants",
+                            "jax_check_proxy_envs", "jax_transfer_guard")
+_STATIC_ENV: str | None = None
+_STATIC_LOCK = threading.Lock()
+
+
+def _version(name: str) -> str:
+    module = sys.modules.get(name)
+    version = getattr(module, "__version__", None)
+    if isinstance(version, str):
+        return version
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _sources_digest() -> str:
+    """A digest of the ``.py`` files of ``ppl`` and ``inference`` (read once per process)."""
+    h = hashlib.blake2b(digest_size=20)
+    import ppl  # noqa: PLC0415  (ppl imports inference lazily; avoid a cycle at import)
+
+    for package in (ppl, sys.modules["inference"]):
+        root = os.path.dirname(os.path.abspath(package.__file__))
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                with open(path, "rb") as f:
+                    data = f.read()
+                h.update(f"{package.__name__}/{os.path.relpath(path, root)}:{len(data)}:".encode())
+                h.update(data)
+    return h.hexdigest()
+
+
+def _static_environment() -> str:
+    global _STATIC_ENV
+    with _STATIC_LOCK:
+        if _STATIC_ENV is None:
+            parts = [sys.version, sys.implementation.cache_tag,
+                     *(f"{name}={_version(name)}" for name in _VERSIONED),
+                     f"sources={_sources_digest()}"]
+            _STATIC_ENV = "\n".join(parts)
+        return _STATIC_ENV
+
+
+def environment() -> str | None:
+    """A digest of what, besides a program's fingerprint, decides the program a new process
+    would compile: library versions and our sources (computed once per process), the
+    backend, its version and devices, the XLA flags, and the JAX settings (None: some
+    setting has no process-independent value, so nothing is kept on disk).
+    """
+    if jax.process_count() > 1:  # executables are shared between hosts there, not stored
+        return None
+    devices = jax.devices()
+    client = devices[0].client
+    config = []
+    for name, value in sorted(getattr(jax.config, "values", {}).items()):
+        if name.startswith(_CONFIG_IGNORED_PREFIXES):
+            continue
+        text = repr(value)
+        if " at 0x" in text:
+            return None
+        config.append(f"{name}={text}")
+    xla = [os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""),
+           *(a for a in sys.argv if a.startswith("--xla"))]
+    parts = [_static_environment(), jax.default_backend(), client.platform,
+             getattr(client, "platform_version", ""), str(jax.process_count()),
+             repr([(d.id, d.platform, d.device_kind, d.process_index) for d in devices]),
+             repr(xla), *config]
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=20).hexdigest()
 
 
 class _CompileStatus:
@@ -156,10 +265,13 @@ class _CompileStatus:
             self._thread.start()
         return self
 
-    def done(self, seconds: float, from_disk: bool) -> None:
+    def done(self, seconds: float, source: str) -> None:
+        """``source``: ``"store"`` (every program loaded from our program store), ``"disk"``
+        (some from a disk cache) or anything else (compiled)."""
         self._finish()
         if self._line is not None:
-            where = " (from the disk cache)" if from_disk else ""
+            where = {"store": " (loaded from the disk cache: no tracing)",
+                     "disk": " (from the disk cache)"}.get(source, "")
             self._line.set_description_str(f"{self.label}: compiled in {seconds:.1f} s{where}")
 
     def _finish(self) -> None:
@@ -175,13 +287,15 @@ class _CompileStatus:
 
 
 class _DiskHits:
-    """Counts JAX's persistent-cache hits during a compile (through ``jax.monitoring``)."""
+    """Counts JAX's persistent-cache hits of compiles in this thread (``jax.monitoring``
+    reports them synchronously, in the compiling thread)."""
 
     def __init__(self) -> None:
         self.hits = 0
+        self._thread = threading.get_ident()
 
     def __call__(self, event: str, **kwargs: Any) -> None:
-        if event == "/jax/compilation_cache/cache_hits":
+        if event == "/jax/compilation_cache/cache_hits" and threading.get_ident() == self._thread:
             self.hits += 1
 
 
@@ -191,13 +305,15 @@ class Compiling:
 
     Use :func:`compiling`. ``seconds`` is the time spent compiling (0 when every program
     came from memory); ``cache`` says where they came from: ``"memory"``, ``"disk"``
-    (JAX's persistent cache), ``"miss"`` (compiled), or ``"off"`` (not cacheable).
+    (:mod:`inference.program_store`, or JAX's persistent cache), ``"miss"`` (compiled), or
+    ``"off"`` (not cacheable).
     """
 
     def __init__(self, label: str, progress: bool):
         self.label, self.progress = label, progress
         self.seconds = 0.0
         self._sources: list[str] = []
+        self._stored = 0  # programs loaded from the program store
         self._status: _CompileStatus | None = None
         self._hits = _DiskHits()
 
@@ -210,31 +326,62 @@ class Compiling:
         ``relay``: a :class:`inference.progress.Relay` the program's host callbacks report
         to; then ``(compiled, relay)`` is returned, the relay being the one the program was
         compiled with (a cached program keeps its own), for the caller to point at its bar.
+        Such a program (host callbacks) is kept in memory only.
+
+        Looked up in :data:`PROGRAMS`, then in :mod:`inference.program_store` (no tracing),
+        else traced, lowered and compiled (through JAX's persistent cache) and stored.
         """
-        digest = None
+        digest = stable = None
         if key is not None:
             found = program_key(key, abstract(args if key_args is None else key_args))
             if found is not None:
-                digest, identities = found
+                digest, identities, stable = found
                 entry = PROGRAMS.get(digest)
                 if entry is not None:
                     self._sources.append("memory")
                     return entry if relay is not None else entry[0]
+        if relay is not None:  # host callbacks point into this process
+            stable = None
         if self._status is None:
             self._status = _CompileStatus(self.label, self.progress).__enter__()
             monitoring.register_event_listener(self._hits)
-        before = self._hits.hits
         t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            program = jitted.lower(*args).compile()
+        program = program_store.load(stable) if stable is not None else None
+        if program is not None:
+            self._stored += 1
+            source = "disk"
+        else:
+            program, source = self._compile(jitted, args, digest, stable)
         self.seconds += time.perf_counter() - t0
-        disk_cache.report_problems(caught)
         if digest is not None:
             PROGRAMS.put(digest, (program, relay), identities)
-        self._sources.append("disk" if self._hits.hits > before else
-                             "miss" if digest is not None else "off")
+        self._sources.append(source)
         return (program, relay) if relay is not None else program
+
+    def _compile(self, jitted: Any, args: tuple, digest: str | None,
+                 stable: str | None) -> tuple[Any, str]:
+        """Trace, lower and compile (through JAX's persistent cache); store the program if
+        it was really compiled here. JAX's cached executables cannot be stored again, so a
+        hit there is noted, and the next process compiles with JAX's cache bypassed."""
+        fresh = stable is not None and program_store.wants_fresh_compile(stable)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lowered = jitted.lower(*args)
+            before = self._hits.hits  # hits of this program, not of eager ops while tracing
+            if fresh:
+                with disk_cache.bypassed():
+                    program = lowered.compile()
+            else:
+                program = lowered.compile()
+            hit = self._hits.hits > before
+        disk_cache.report_problems(caught)
+        if stable is not None:
+            if hit:
+                if program_store.storable(program):
+                    program_store.note_cache_hit(stable)
+            elif not program_store.save(stable, program) and fresh:
+                program_store.forget_marker(stable)
+        return program, "disk" if hit else "miss" if digest is not None else "off"
 
     @property
     def cache(self) -> str:
@@ -248,7 +395,9 @@ class Compiling:
         if self._status is not None:
             _unregister(self._hits)
             if not failed:
-                self._status.done(self.seconds, self.cache == "disk")
+                compiled = len(self._sources) - self._sources.count("memory")
+                source = ("store" if compiled and self._stored == compiled else self.cache)
+                self._status.done(self.seconds, source)
             self._status.__exit__(None, None, None)
             self._status = None
 

@@ -22,6 +22,12 @@ first). To clear it, delete the directory (:func:`cache_dir` says which one).
 A directory that cannot be created or written, or a write that fails later (a full disk),
 gives one warning and the run goes on without the disk cache.
 
+The same directory holds :mod:`inference.program_store` (``ppl-programs/``): our compiled
+programs, keyed before tracing. An executable JAX read back from its own cache cannot be
+written there again (on the CPU its re-serialization lacks the generated code, and fails
+when run), so a program the store still lacks is compiled once more with JAX's cache
+bypassed (:func:`bypassed`) in the next process.
+
 Example:
     >>> import inference
     >>> d = inference.disk_cache.cache_dir()
@@ -31,14 +37,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import threading
 import warnings
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import jax
 
-__all__ = ["configure", "cache_dir", "disable", "ENV"]
+__all__ = ["configure", "cache_dir", "disable", "bypassed", "ENV"]
 
 #: The environment variable that chooses the directory or turns the cache off.
 ENV = "PPL_JAX_COMPILATION_CACHE"
@@ -106,6 +114,29 @@ def configure() -> str | None:
 def disable() -> None:
     """Turn the disk cache off for the rest of this process."""
     _set_dir(None)
+
+
+_BYPASS = threading.Lock()
+
+
+@contextlib.contextmanager
+def bypassed() -> Iterator[None]:
+    """JAX's persistent cache neither read nor written inside (a compile there is fresh).
+
+    JAX decides once per process whether its cache is used; this switches it off and on
+    again (for the whole process: a compile in another thread meanwhile just goes uncached).
+    """
+    from jax.experimental.compilation_cache import compilation_cache
+
+    with _BYPASS:
+        before = jax.config.jax_enable_compilation_cache
+        jax.config.update("jax_enable_compilation_cache", False)
+        compilation_cache.reset_cache()
+        try:
+            yield
+        finally:
+            jax.config.update("jax_enable_compilation_cache", before)
+            compilation_cache.reset_cache()
 
 
 def report_problems(caught: Iterable[warnings.WarningMessage]) -> None:

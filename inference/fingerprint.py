@@ -8,8 +8,9 @@ by what it runs and what it reads, not by its identity:
 
 * its code (bytecode, constants, names; nested functions and lambdas included), default
   arguments and the *current* contents of its closure cells;
-* for user code (anything outside the libraries in :data:`LIBRARIES`), the module globals its
-  code names, recursively (helper functions, arrays, numbers, dicts ...);
+* for user code (anything outside the libraries in :data:`LIBRARIES` and the standard
+  library), the module globals its code names, recursively (helper functions, arrays,
+  numbers, dicts ...);
 * arrays by dtype, shape and a digest of their bytes; containers, dataclasses, pytrees
   (Equinox modules, NumPyro distributions) and plain objects by their contents;
 * modules by name, library callables without Python code (ufuncs, compiled functions) by
@@ -20,6 +21,17 @@ raises :class:`Unfingerprintable`, and the caller then compiles afresh rather th
 stale program. Objects taken by identity are returned in :attr:`Fingerprint.identities`
 so that a cache entry can keep them alive (an ``id`` is unique only while its object lives).
 
+Every fingerprint also has a *stable* digest, :attr:`Fingerprint.stable`, equal in every
+process for the same code and values (it keys programs kept on disk, see
+:mod:`inference.program_store`): where the in-process digest names a library object by its
+``id``, the stable one names it by where it is defined: library functions by module,
+qualified name, file, first line and bytecode; library classes and compiled library
+callables (ufuncs, builtins) by module and qualified name, only when that name leads back
+to the very object (a class made inside a factory has no such name). When something has no
+such name (an opaque attribute taken by identity, a ``repr`` that shows a memory address),
+``stable`` is None: the program is kept in memory only. Library *versions* and our own
+sources are not part of it; :func:`inference.compilation.program_key` adds them.
+
 Example:
     >>> def make(c):
     ...     def model():
@@ -29,6 +41,8 @@ Example:
     True
     >>> fingerprint(make(1.0)).digest == fingerprint(make(2.0)).digest
     False
+    >>> fingerprint(make(1.0)).stable == fingerprint(make(1.0)).stable != None
+    True
 """
 
 from __future__ import annotations
@@ -36,7 +50,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import re
+import sys
 import types
+import weakref
 from typing import Any, NamedTuple
 
 import jax
@@ -44,8 +61,10 @@ import numpy as np
 
 __all__ = ["fingerprint", "Fingerprint", "Unfingerprintable", "LIBRARIES"]
 
-#: Top-level packages whose code is taken as fixed within a process: their functions are
-#: fingerprinted by code identity and closure contents, without following their globals.
+#: Top-level packages whose code is taken as fixed within a process (with the standard
+#: library): their functions are fingerprinted by code identity and closure contents, without
+#: following their globals. Patching them at run time (monkeypatching a module global they
+#: read) is not seen, in memory nor on disk.
 LIBRARIES = frozenset({
     "abc", "builtins", "collections", "dataclasses", "functools", "itertools", "math",
     "operator", "typing", "numbers", "warnings", "jax", "jaxlib", "numpy", "scipy", "numpyro",
@@ -68,10 +87,13 @@ class Unfingerprintable(TypeError):
 
 
 class Fingerprint(NamedTuple):
-    """``digest``: hex string; ``identities``: objects the digest names by identity."""
+    """``digest``: hex string, valid in this process; ``identities``: objects the digest
+    names by identity; ``stable``: hex string equal across processes, or None when some
+    part has no process-independent name."""
 
     digest: str
     identities: tuple
+    stable: str | None = None
 
 
 def fingerprint(*objects: Any) -> Fingerprint:
@@ -91,16 +113,20 @@ def fingerprint(*objects: Any) -> Fingerprint:
             hasher.add(obj)
     except RecursionError:
         raise Unfingerprintable("object graph too deep to fingerprint") from None
-    return Fingerprint(hasher.digest(), tuple(hasher.identities))
+    return Fingerprint(hasher.digest(), tuple(hasher.identities), hasher.stable_digest())
 
 
 def _top(module: Any) -> str:
     return (module or "").partition(".")[0]
 
 
+#: The standard library is fixed too (for one Python version, which the stable key holds).
+_STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) - {"__main__"}
+
+
 def _is_library(obj: Any) -> bool:
     module = getattr(obj, "__module__", None)
-    return isinstance(module, str) and _top(module) in LIBRARIES
+    return isinstance(module, str) and (_top(module) in LIBRARIES or _top(module) in _STDLIB)
 
 
 def _code_names(code: types.CodeType) -> set[str]:
@@ -111,25 +137,127 @@ def _code_names(code: types.CodeType) -> set[str]:
     return names
 
 
+# -- process-independent names of library objects (for Fingerprint.stable) --------------
+# A repr that shows a memory address differs in every process.
+_ADDRESS = re.compile(rb" at 0x[0-9a-fA-F]+")
+_CODE_NAMES: "weakref.WeakKeyDictionary[types.CodeType, bytes]" = weakref.WeakKeyDictionary()
+_CLASS_NAMES: "weakref.WeakKeyDictionary[type, tuple | None]" = weakref.WeakKeyDictionary()
+
+
+def _const_token(const: Any) -> Any:
+    """A repr-able, process-independent summary of a code constant."""
+    if isinstance(const, types.CodeType):
+        return ("code", _code_token(const))
+    if isinstance(const, (frozenset, set)):  # iteration order follows string hashing
+        return (type(const).__name__, sorted(repr(_const_token(c)) for c in const))
+    if isinstance(const, tuple):
+        return tuple(_const_token(c) for c in const)
+    return const
+
+
+def _code_token(code: types.CodeType) -> bytes:
+    """Where ``code`` is defined (file, first line, qualified name) and what it runs
+    (bytecode, names, constants: two lambdas on one line differ), as a digest."""
+    try:
+        return _CODE_NAMES[code]
+    except KeyError:
+        pass
+    h = hashlib.blake2b(digest_size=16)
+    qualname = getattr(code, "co_qualname", code.co_name)
+    for part in (qualname, code.co_filename, code.co_firstlineno, code.co_names,
+                 code.co_argcount, code.co_kwonlyargcount, code.co_flags):
+        h.update(repr(part).encode() + b"\0")
+    h.update(code.co_code)
+    h.update(repr(tuple(_const_token(c) for c in code.co_consts)).encode())
+    token = h.digest()
+    _CODE_NAMES[code] = token
+    return token
+
+
+def _resolve(module: Any, qualname: Any) -> Any:
+    """The object named ``module``.``qualname`` if that module is imported (else None)."""
+    if not (isinstance(module, str) and isinstance(qualname, str)) or "<" in qualname:
+        return None
+    obj = sys.modules.get(module)
+    for part in qualname.split("."):
+        if obj is None:
+            return None
+        obj = getattr(obj, part, None)
+    return obj
+
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made at run time (not a static C type)
+
+
+def _class_name(cls: type) -> tuple | None:
+    """``(module, qualname)`` of a library class when that name leads back to it, or of a
+    static C type (``wrapper_descriptor``: one per interpreter, whatever its name)."""
+    try:
+        return _CLASS_NAMES[cls]
+    except (KeyError, TypeError):
+        pass
+    name = (cls.__module__, cls.__qualname__)
+    static = not getattr(cls, "__flags__", _HEAPTYPE) & _HEAPTYPE
+    found = name if static or _resolve(*name) is cls else None
+    try:
+        _CLASS_NAMES[cls] = found
+    except TypeError:  # not weakly referenceable
+        pass
+    return found
+
+
+def _object_name(obj: Any) -> tuple | None:
+    """``(type, module, name)`` of a compiled library callable (a ufunc, a builtin) when
+    that name leads back to it."""
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    cls = type(obj)
+    for module in (getattr(obj, "__module__", None), _top(cls.__module__)):
+        if _resolve(module, name) is obj:
+            return (f"{cls.__module__}.{cls.__qualname__}", module, name)
+    return None
+
+
 class _Hasher:
+    """Two digests in one walk. The token stream names library objects by where they are
+    defined (process-independent: the stable digest); the in-process digest adds the ids
+    of the objects named by identity, in the order they were met."""
+
     def __init__(self) -> None:
         self._h = hashlib.blake2b(digest_size=20)
+        self._ids: list[int] = []
         self._seen: dict[int, int] = {}
         self._alive: list[Any] = []  # keeps ids in _seen unique while hashing
         self.identities: list[Any] = []
+        self.stable_ok = True
 
     def digest(self) -> str:
-        return self._h.hexdigest()
+        h = self._h.copy()
+        h.update(b"identities")
+        h.update(repr(self._ids).encode())
+        return h.hexdigest()
+
+    def stable_digest(self) -> str | None:
+        return self._h.hexdigest() if self.stable_ok else None
 
     def _put(self, *tokens: Any) -> None:
         for token in tokens:
-            data = token if isinstance(token, bytes) else repr(token).encode()
+            if isinstance(token, bytes):
+                data = token
+            else:
+                data = repr(token).encode()
+                if self.stable_ok and b" at 0x" in data and _ADDRESS.search(data):
+                    self.stable_ok = False  # a memory address: this process only
             self._h.update(len(data).to_bytes(8, "little"))
             self._h.update(data)
 
-    def _identity(self, tag: str, obj: Any) -> None:
+    def _identity(self, tag: str, obj: Any, name: Any) -> None:
+        """``obj`` by identity in this process, by ``name`` across processes (None: it
+        has no process-independent name)."""
         self.identities.append(obj)
-        self._put(tag, type(obj).__qualname__, id(obj))
+        self._ids.append(id(obj))
+        if name is None:
+            self.stable_ok = False
+        self._put(tag, type(obj).__qualname__, name)
 
     def add(self, obj: Any) -> None:
         if isinstance(obj, _SCALARS):
@@ -160,15 +288,25 @@ class _Hasher:
             for item in obj:
                 self.add(item)
             return
-        if isinstance(obj, dict):
+        if isinstance(obj, (dict, types.MappingProxyType)):
             self._put(type(obj).__qualname__, len(obj))
             for k, v in obj.items():
                 self.add(k)
                 self.add(v)
             return
-        if isinstance(obj, (set, frozenset)):
-            items = sorted(fingerprint(item).digest for item in obj)
-            return self._put(type(obj).__qualname__, items)
+        if isinstance(obj, (set, frozenset)):  # in an order that does not follow hashing
+            children = []
+            for item in obj:
+                child = _Hasher()
+                child.add(item)
+                children.append(child)
+            children.sort(key=lambda c: (c._h.hexdigest(), c.digest()))
+            self._put(type(obj).__qualname__, [c._h.hexdigest() for c in children])
+            for child in children:
+                self.identities.extend(child.identities)
+                self._ids.extend(child._ids)
+                self.stable_ok = self.stable_ok and child.stable_ok
+            return
         if isinstance(obj, types.FunctionType):
             return self._function(obj)
         if isinstance(obj, types.MethodType):
@@ -197,7 +335,7 @@ class _Hasher:
         if isinstance(obj, jax.tree_util.PyTreeDef):
             return self._put("treedef", str(obj))
         if isinstance(obj, jax.sharding.Mesh):
-            return self._put("mesh", repr(obj))
+            return self._put("mesh", repr(obj), [d.id for d in obj.devices.flat])
         return self._object(obj)
 
     def _array(self, x: Any) -> None:
@@ -222,7 +360,7 @@ class _Hasher:
     def _function(self, fn: types.FunctionType) -> None:
         library = _is_library(fn)
         if library:  # fixed code: identity of the code object suffices
-            self._identity("libcode", fn.__code__)
+            self._identity("libcode", fn.__code__, (fn.__module__, _code_token(fn.__code__)))
         else:
             self._code(fn.__code__)
         self.add(fn.__defaults__)
@@ -241,7 +379,7 @@ class _Hasher:
 
     def _class(self, cls: type) -> None:
         if _is_library(cls):
-            return self._identity("libclass", cls)
+            return self._identity("libclass", cls, _class_name(cls))
         self._put("class", cls.__module__, cls.__qualname__)
         for base in cls.__bases__:
             self.add(base)
@@ -253,7 +391,7 @@ class _Hasher:
             try:
                 self.add(value)
             except Unfingerprintable:
-                self._identity("attr-identity", value)
+                self._identity("attr-identity", value, None)
 
     def _object(self, obj: Any) -> None:
         cls = type(obj)
@@ -289,7 +427,14 @@ class _Hasher:
                 self._put("slot", s)
                 self.add(getattr(obj, s, None))
             return
+        bound = getattr(obj, "__self__", None)
+        if (isinstance(obj, (types.BuiltinMethodType, types.MethodWrapperType))
+                and bound is not None and not isinstance(bound, types.ModuleType)):
+            # A C method bound to an object (``frozenset(...).__contains__``): by the object.
+            self._put("bound-builtin", getattr(obj, "__name__", None))
+            self.add(type(bound))
+            return self.add(bound)
         if _is_library(cls) or _is_library(obj):
             # A compiled library callable (a ufunc, a builtin, jax's C++ objects): fixed.
-            return self._identity("libobject", obj)
+            return self._identity("libobject", obj, _object_name(obj))
         raise Unfingerprintable(f"cannot see the state of a {cls.__module__}.{cls.__qualname__}")
