@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 from numpyro import handlers
-from numpyro.infer.initialization import init_to_uniform
+from numpyro.distributions.transforms import biject_to
 from numpyro.primitives import Messenger
 
 from ppl.errors import ModelError
@@ -99,6 +99,27 @@ def check_observed_shapes(trace: dict, model: Callable) -> None:
             )
 
 
+def _init_to_zero(site: dict) -> Any:
+    """A continuous latent site's value at 0 on its unconstrained scale (a typical point:
+    the median of Stan's initial box), or None (discrete sites: a prior draw).
+
+    Deterministic, so what a trace finds never depends on a lucky draw (an ARMA recursion
+    run from a coefficient near the edge of the initial box overflows), and it dispatches
+    no random-number kernels.
+    """
+    if site["type"] != "sample" or site["is_observed"] or site["fn"].support.is_discrete:
+        return None
+    if site["value"] is not None:
+        return site["value"]
+    from numpyro.infer.util import helpful_support_errors
+
+    with helpful_support_errors(site):
+        transform = biject_to(site["fn"].support)
+    shape = tuple(site["kwargs"].get("sample_shape") or ()) + tuple(
+        transform.inverse_shape(site["fn"].shape()))
+    return transform(jnp.zeros(shape, jnp.result_type(float)))
+
+
 def trace_model(
     model: Callable,
     *args: Any,
@@ -106,6 +127,9 @@ def trace_model(
     **kwargs: Any,
 ) -> OrderedDict:
     """Run ``model(*args, **kwargs)`` once under a seed and return its NumPyro trace.
+
+    Continuous latent sites take the value 0 on their unconstrained scale (discrete ones a
+    prior draw), so the trace is the same on every call.
 
     Errors raised while running the model are re-raised as :class:`ModelError` naming
     the last site reached, and observed data whose shape does not fit its distribution is
@@ -123,9 +147,9 @@ def trace_model(
     key = jax.random.key(0) if key is None else key
     tracker = _LastSite()
     try:
-        # Latent values come from NumPyro's init_to_uniform rule rather than the prior, so
-        # models with improper priors (ImproperUniform) trace too.
-        with handlers.trace() as trace, handlers.substitute(substitute_fn=init_to_uniform), \
+        # Latent values are the unconstrained zero point rather than prior draws, so models
+        # with improper priors (ImproperUniform) trace too.
+        with handlers.trace() as trace, handlers.substitute(substitute_fn=_init_to_zero), \
                 handlers.seed(rng_seed=key), tracker:
             model(*args, **kwargs)
     except ModelError:
