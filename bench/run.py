@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 import arviz  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import numpyro  # noqa: E402
 from jax import monitoring  # noqa: E402
 from numpyro.handlers import seed, trace  # noqa: E402
 from numpyro.infer import MCMC  # noqa: E402
