@@ -231,6 +231,7 @@ class Perturbed(eqx.Module):
         return S.convert(sc, x, t, P, "score", self.prediction)
 
 
+@pytest.mark.slow  # ~10-15 s each on 2 cores; smoke: test_losses_of_a_network_are_finite
 @pytest.mark.parametrize("prediction", ["noise", "data", "velocity"])
 def test_dsm_is_minimised_by_the_exact_score(prediction):
     """``L(theta)`` is quadratic in theta with its minimum at 0: its gradient at 0 is zero in
@@ -251,6 +252,7 @@ def test_dsm_is_minimised_by_the_exact_score(prediction):
         assert float(diff.mean()) > 4 * float(diff.std(ddof=1)) / math.sqrt(64)
 
 
+@pytest.mark.slow  # ~30 s on 2 cores; smoke: test_losses_of_a_network_are_finite
 def test_ssm_is_minimised_by_the_exact_score():
     x0 = GMM.sample(jax.random.key(0), 32 * 256).reshape(32, 256, 2)
     keys = jax.random.split(jax.random.key(1), 32)
@@ -261,6 +263,21 @@ def test_ssm_is_minimised_by_the_exact_score():
     for delta in (0.3, -0.3):
         diff = jax.vmap(lambda xb, k: loss(delta, xb, k) - loss(0.0, xb, k))(x0, keys)
         assert float(diff.mean()) > 4 * float(diff.std(ddof=1)) / math.sqrt(32)
+
+
+def test_losses_of_a_network_are_finite():
+    """Smoke version of the two slow checks above (same losses and network, tiny batch): the
+    DSM value and its gradient in theta, and the SSM value, are finite scalars. (The other
+    parameterisations differ only by ``convert``, checked by test_conversions_round_trip.)"""
+    x0 = GMM.sample(jax.random.key(0), 16)
+    key = jax.random.key(1)
+    dsm = lambda theta: S.dsm_loss(Perturbed(theta, "noise"), P, x0, key)  # noqa: E731
+    value, grad = jax.jit(jax.value_and_grad(dsm))(jnp.float32(0.3))
+    assert value.shape == () and np.isfinite(value) and np.isfinite(grad)
+    ssm = jax.jit(lambda theta: S.ssm_loss(Perturbed(theta, "score"), P, x0, key,
+                                           num_projections=2))
+    value = ssm(jnp.float32(0.3))
+    assert value.shape == () and np.isfinite(value)
 
 
 def test_loss_errors():
@@ -310,7 +327,10 @@ def test_trained_network_approaches_the_exact_score(null, exact_draws):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["tempered", "smoothed"])
+@pytest.mark.parametrize("path", [
+    "tempered",
+    # ~14 s on 2 cores; smoke: test_sample_target_smoothed_path_smoke
+    pytest.param("smoothed", marks=pytest.mark.slow)])
 def test_sample_target_reproduces_a_mixture(path):
     g = ring_mixture(4, radius=2.0, std=0.3)
     n = 1000
@@ -321,6 +341,17 @@ def test_sample_target_reproduces_a_mixture(path):
     ed = float(energy_distance(out.x, g.sample(jax.random.key(7), n)))
     # ULA's step-size bias (step 0.01 against component variance 0.09) is below the bound
     assert ed <= m + 4 * sd, (ed, m, sd)
+
+
+def test_sample_target_smoothed_path_smoke():
+    """The smoothed path at a tiny size: shape, NFE and finiteness (the law is checked by the
+    slow case of test_sample_target_reproduces_a_mixture)."""
+    g = ring_mixture(4, radius=2.0, std=0.3)
+    x0 = 3.0 * jax.random.normal(jax.random.key(3), (16, 2))
+    out = S.sample_target(g.log_prob, jax.random.key(1), 16, path="smoothed", x0=x0,
+                          step_size=0.01, levels=2, steps_per_level=3, particles=4,
+                          reference_scale=3.0)
+    assert out.x.shape == (16, 2) and bool(jnp.all(jnp.isfinite(out.x)))
 
 
 def test_sample_target_on_a_potential():
@@ -340,6 +371,20 @@ def test_sample_target_on_a_potential():
         S.sample_target(pot, jax.random.key(0), 10, path="bridged")
 
 
+def test_posterior_score_smoke():
+    """The guided score through euler_maruyama at a tiny size (the slow test below checks
+    the law of the draws)."""
+    y = jnp.array([0.5])
+
+    def observe(x, y=None):
+        numpyro.sample("y", dist.Normal(x[:1], 0.2).to_event(1), obs=y)
+
+    fn = S.posterior_score(FN, P, S.observation_loglik(observe, y=y))
+    out = S.euler_maruyama(fn, P, jax.random.key(1), (16, 2), 5)
+    assert out.nfe == 5 and out.x.shape == (16, 2) and bool(jnp.all(jnp.isfinite(out.x)))
+
+
+@pytest.mark.slow  # ~15 s on 2 cores; smoke: test_posterior_score_smoke
 def test_posterior_sampling_with_a_score_prior():
     """Prior: the mixture's exact score. Likelihood: a NumPyro model observing x[0] with
     noise 0.2. The exact posterior is again a mixture. DPS is an approximation (it replaces
