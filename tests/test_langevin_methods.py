@@ -58,7 +58,12 @@ EXACT = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(EXACT))
+# Each case is ~10-15 s on 2 cores, nearly all of it compiling. MALA and OBABO run in the
+# slow suite: the default suite still runs both through infer (test_constrained_sites_and_
+# deterministic, test_stats_and_gradient_counts and the MALA / Underdamped doctests); BAOAB,
+# which nothing else runs through infer, keeps its full check here.
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in ("MALA", "OBABO") else n for n in sorted(EXACT)])
 def test_exact_on_gaussian(name):
     r = inference.infer(gaussian, method=EXACT[name], num_samples=1500, num_warmup=500,
                         num_chains=4, key=jax.random.key(1), progress=False)
@@ -68,6 +73,9 @@ def test_exact_on_gaussian(name):
         assert abs(m2 - COV[i, i]) < Z * se_m2, (name, i, m2, se_m2)
 
 
+# ~10-13 s each on 2 cores; the default suite runs both methods through infer in their
+# doctests (inference.langevin_methods.ULA / RandomizedMidpoint).
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ULA", "RandomizedMidpoint"])
 def test_unadjusted_bias_within_tolerance(name):
     """With step_size=None the step size bounds the stationary variance error on a Gaussian by
@@ -141,6 +149,7 @@ def subsampled(y):
         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
 
 
+@pytest.mark.slow  # ~17 s on 2 cores; the SGLD doctest runs it through infer by default
 def test_sgld_stationary_law_matches_theory():
     """On a Gaussian posterior with Gaussian likelihood terms the minibatch gradient's noise
     does not depend on mu: ``(N/B) sum_batch (y_i - mu)`` has variance
@@ -171,6 +180,7 @@ def test_sgld_stationary_law_matches_theory():
     assert "lp" not in r.stats
 
 
+@pytest.mark.slow  # ~15 s on 2 cores; the SGHMC doctest runs it through infer by default
 def test_sghmc_recovers_posterior_mean():
     r = inference.infer(subsampled, jnp.asarray(Y), method=inference.SGHMC(batch_size=B),
                         num_samples=2000, num_warmup=500, num_chains=4, key=jax.random.key(4),
