@@ -136,6 +136,7 @@ def test_train_step_steepens_energy_when_samples_are_too_wide():
     assert spread(new) > spread(model)
 
 
+@pytest.mark.slow  # 800 training steps + 40,000 draws; fit and sample also run in the doctests
 def test_fit_quadratic_energy_reaches_known_fixed_point():
     v, h = 0.25, 0.01
     a_star = (1.0 - math.sqrt(1.0 - 2.0 * h / v)) / h  # 4.083 (see the module docstring)
@@ -162,6 +163,7 @@ def test_fit_quadratic_energy_reaches_known_fixed_point():
 N_EVAL = 1000
 
 
+@pytest.mark.slow  # a 300-step training run; fit and sample also run in the doctests
 def test_small_8gaussians_run_beats_untrained_by_far_more_than_the_noise_floor():
     # The floor: the energy distance between two independent exact sets of N_EVAL points,
     # over 6 seeds (measured: mean 0.0065, sd 0.0023). Its mean + 4 sd (~0.016) bounds what

@@ -77,7 +77,10 @@ PERTURBATIONS = {
 
 
 @pytest.mark.parametrize("path,sigma", [("straight", 0.0), ("interpolant", 0.5)])
-@pytest.mark.parametrize("name", list(PERTURBATIONS))
+# Each case compiles its own program (~3-6 s): the most general perturbation runs on both
+# paths by default, the other two in the slow suite.
+@pytest.mark.parametrize("name", [
+    n if n == "time_dependent" else pytest.param(n, marks=pytest.mark.slow) for n in PERTURBATIONS])
 def test_closed_form_field_minimises_the_loss(path, sigma, name):
     # With common random numbers, per pair l(v* + d) - l(v*) = |d|^2 + 2 (v* - u) . d. The
     # symmetric combinations separate the two terms:
@@ -124,6 +127,7 @@ def test_closed_form_endpoints():
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 2000 Adam steps; fm.train runs by default in its doctest and below
 def test_trained_field_approaches_closed_form(null_bound):
     # 2000 Adam steps (~2 s): measured relative L2 error 0.019 over the path distribution,
     # asserted < 0.05; its samples must pass the same energy-distance test as exact ones.
@@ -258,6 +262,7 @@ def test_straightness_of_closed_form_flow():
     assert abs(got - expected) < 1e-3 * expected, (got, expected)
 
 
+@pytest.mark.slow  # trains a network; fm.reflow runs by default in its doctest
 def test_reflow_straightens_gaussian_flow():
     # The 1-rectified flow for s = 0.3 has curved paths (straightness ~0.4). Its coupling is
     # x1 = m + s x0, whose straight-path field m + (s - 1) x0 is straight; a fresh MLP

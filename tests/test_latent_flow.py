@@ -195,6 +195,9 @@ def synthetic(key, n):
     return jnp.tanh(z @ A1) @ A2 + 0.1 * jax.random.normal(kn, (n, 8))
 
 
+# A 600-step training run judged on held-out data: the slow suite. The default suite runs
+# fit / sample / reconstruct at small sizes (the module's doctests and the tests below).
+@pytest.mark.slow
 def test_training_improves_reconstruction_and_samples():
     x_train = synthetic(jax.random.key(0), 1024)
     x_test = synthetic(jax.random.key(1), 512)

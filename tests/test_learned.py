@@ -233,6 +233,7 @@ def test_flow_matching_proposal_jacobian_density_makes_irmh_exact():
 # ---------------------------------------------------------------------------------------
 # Flow fits
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # fit_flow_to_draws also runs by default inside the Learned tests below
 def test_ml_flow_fit_recovers_gaussian():
     """An affine-coupling flow fitted by maximum likelihood to 4,000 draws of a correlated
     3-D Gaussian, with only a diagonal whitening (the flow must learn the correlations):

@@ -156,6 +156,7 @@ def norm_logpdf(x, m, s):
     return -0.5 * ((x - m) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)
 
 
+@pytest.mark.slow  # the adaptive MALA-moved SMC runs by default through gauss_runs above
 def test_bimodal_mode_weights():
     # The modes are symmetric about the prior mean, so their posterior weights are the
     # mixture weights 0.3 / 0.7 exactly (each weighted by N(+-4; 0, 9 + 0.25), equal), and

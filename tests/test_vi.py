@@ -107,6 +107,7 @@ def test_mvn_guide_recovers_correlated_regression_posterior():
     np.testing.assert_array_less(jnp.abs(jnp.cov(w.T) - cov) / jnp.outer(sd, sd), 0.2)
 
 
+@pytest.mark.slow  # 3000 VI steps on a posteriordb model; mean-field VI runs by default above
 def test_eight_schools_noncentered_means_near_nuts_reference():
     model, data = load("eight_schools_noncentered")
     r = inference.infer(model, **data, method=inference.VI(steps=3000), num_samples=500,
