@@ -144,6 +144,7 @@ def test_guide_works_with_objectives(name):
     assert float(jnp.abs(grad["guide.flow"]).max()) > 0
 
 
+@pytest.mark.slow  # a 2500-step fit; VI(guide="flow") runs by default in the test below
 def test_flow_guide_recovers_correlated_gaussian():
     """ELBO fit of a RealNVP guide to N(mu, Sigma) (correlation 0.8): mean and covariance."""
     mu = jnp.array([1.0, -2.0])

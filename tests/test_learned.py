@@ -373,6 +373,8 @@ def _assert_mean_within_mcse(r, name, truth, z=Z):
     assert abs(mean - truth) < z * mcse, (name, mean, truth, mcse)
 
 
+# ~6 s; the Learned doctest runs Learned(correct="irmh") by default (array source, shapes)
+@pytest.mark.slow
 @pytest.mark.arviz
 def test_learned_irmh_corrects_a_wrong_flow_on_conjugate_normal():
     """Draws from a deliberately wrong law (posterior shifted by 0.5 sd, 1.4x too wide) train

@@ -46,10 +46,10 @@ def test_transported_density_is_change_of_variables():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
-# NUTS in the slow suite: the module's doctest runs NeuTra with NUTS in the default suite
-# (shapes and stats); MALA stays here, so both kernels run by default.
-@pytest.mark.parametrize("kernel", [pytest.param(inference.NUTS(), marks=pytest.mark.slow),
-                                    inference.MALA(find_mode=0)])
+# ~10-15 s each on 2 cores (a VI fit and a sampler, compiled): the slow suite. The module's
+# doctest runs NeuTra (VI fit, then NUTS on the transported model) in the default suite.
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", [inference.NUTS(), inference.MALA(find_mode=0)])
 def test_neutra_runs_kernels_and_maps_back(kernel):
     method = NeuTra(flow="iaf", kernel=kernel, vi_steps=500, optimizer=optax.adam(5e-3),
                     flow_options={"layers": 2, "width": 8})

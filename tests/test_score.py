@@ -291,6 +291,7 @@ def test_loss_errors():
         S.fit_score(lambda x, t: x, P, jnp.ones((4, 3)), jax.random.key(0), loss="ism")
 
 
+@pytest.mark.slow  # ~10 s, compiling; fit_score and relative_score_error run in their doctests
 def test_fit_score_reduces_the_loss_tiny_budget():
     from models.score_net import ScoreMLP
 
