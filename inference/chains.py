@@ -156,7 +156,15 @@ def _run(method, pot, data, split, key, W, S, C, progress, mesh, stochastic, lab
     def draw(p, sampler, state, t, run_key):
         """One loop step: the new state, constrained draws and stats of every chain."""
         state, position, stats = sampler.step(state, t, jax.random.fold_in(run_key, t))
-        return state, (jax.vmap(p.to_constrained)(position), stats)
+        constrain = jax.vmap(p.to_constrained)
+        if skip == 0:
+            return state, (constrain(position), stats)
+        # Constraining runs the model forward (deterministic sites): skip it during warmup,
+        # whose draws are discarded (slot 0 is overwritten by the first kept draw).
+        blank = lambda x: jax.tree.map(  # noqa: E731
+            lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(constrain, x))
+        values = jax.lax.cond(t >= skip, constrain, blank, position)
+        return state, (values, stats)
 
     def init_program(init_key, run_key, dyn):
         p, sampler, check = traced(dyn)
