@@ -129,6 +129,10 @@ def _is_library(obj: Any) -> bool:
     return isinstance(module, str) and (_top(module) in LIBRARIES or _top(module) in _STDLIB)
 
 
+def _is_library_module(module: types.ModuleType) -> bool:
+    return _top(module.__name__) in LIBRARIES or module.__name__ in sys.stdlib_module_names
+
+
 def _code_names(code: types.CodeType) -> set[str]:
     names = set(code.co_names)
     for const in code.co_consts:
@@ -372,10 +376,20 @@ class _Hasher:
                 self._put("empty-cell")
         if not library:
             module_globals = fn.__globals__
-            for name in sorted(_code_names(fn.__code__)):
+            names = sorted(_code_names(fn.__code__))
+            for name in names:
                 if name in module_globals:
                     self._put("global", name)
-                    self.add(module_globals[name])
+                    value = module_globals[name]
+                    self.add(value)
+                    if isinstance(value, types.ModuleType) and not _is_library_module(value):
+                        # A user module read as `config.SCALE`: its attributes the code
+                        # names are part of what the function computes.
+                        attrs = vars(value)
+                        for attr in names:
+                            if attr in attrs and not attr.startswith("__"):
+                                self._put("module-attr", value.__name__, attr)
+                                self.add(attrs[attr])
 
     def _class(self, cls: type) -> None:
         if _is_library(cls):

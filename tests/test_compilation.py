@@ -274,3 +274,23 @@ def test_vi_with_keyword_data_reuses_its_programs():
     # A normal guide is exact here; 0.1 (0.2 posterior sd) covers Adam's jitter at lr 1e-2
     # and the Monte Carlo error of 1000 draws (0.016), while stale data would be 5 away.
     assert abs(float(np.mean(r.samples["mu"])) - exact_mean(y + 5.0)) < 0.1
+
+
+user_config = __import__("types").ModuleType("user_config")  # a user's settings module
+user_config.SCALE = 1.0
+
+
+def _reads_a_user_module(x):
+    return x * user_config.SCALE
+
+
+def test_fingerprint_follows_attributes_of_user_modules():
+    # `config.SCALE` edited between two calls must not reuse a program built with the old
+    # value (modules of libraries are taken as fixed; a user's are not).
+    before = fingerprint(_reads_a_user_module).digest
+    user_config.SCALE = 2.0
+    try:
+        assert fingerprint(_reads_a_user_module).digest != before
+    finally:
+        user_config.SCALE = 1.0
+    assert fingerprint(_reads_a_user_module).digest == before
