@@ -144,6 +144,7 @@ def test_editing_a_closed_over_constant_gives_the_new_posterior():
     assert_posterior_mean(second, exact_mean(y, 400.0))
 
 
+@pytest.mark.slow  # slow suite: compiles the fallback program (issue 12: a 5-minute default suite)
 def test_a_model_that_reads_its_data_values_still_runs():
     # np.asarray on the data cannot be traced: infer compiles with the data as constants.
     def model(y):
@@ -178,6 +179,7 @@ def test_fit_reuses_its_program_for_new_data():
     np.testing.assert_allclose(np.asarray(r2.params), [3.0, 2.0], atol=0.1)
 
 
+@pytest.mark.slow  # slow suite: two methods compiled twice; the default suite checks reuse through NUTS and fit (issue 12: a 5-minute default suite)
 def test_smc_and_gibbs_reuse_their_programs():
     y = jnp.array([1.0, 2.0, 3.0, 2.5])
     smc = inference.SMC(num_particles=200)
@@ -219,6 +221,7 @@ def _run(code: str, env: dict) -> subprocess.CompletedProcess:
                           text=True, env=full, timeout=300)
 
 
+@pytest.mark.slow  # slow suite: three fresh processes; the default suite checks the cache through test_program_store (issue 12: a 5-minute default suite)
 def test_disk_cache_default_opt_out_user_choice_and_unwritable(tmp_path):
     code = """
         import warnings, jax
@@ -258,6 +261,7 @@ def test_a_failing_disk_cache_warns_once_and_turns_off():
             disk_cache._set_dir(saved)
 
 
+@pytest.mark.slow  # slow suite: VI compiled twice; fit's reuse is checked in the default suite (issue 12: a 5-minute default suite)
 def test_vi_with_keyword_data_reuses_its_programs():
     def model(y=None):
         mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SD))

@@ -221,6 +221,7 @@ def test_exact_log_density_of_closed_form_flow(given):
     np.testing.assert_allclose(h.log_prob, r.log_prob, atol=1e-4)
 
 
+@pytest.mark.slow  # slow suite: many Monte Carlo draws (issue 12: a 5-minute default suite)
 def test_hutchinson_is_unbiased():
     # A random (nonlinear, full-Jacobian) MLP field. For fixed x the estimate's mean over
     # probe draws is the exact-divergence value of the same discretisation; z per point.

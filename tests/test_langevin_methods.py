@@ -193,6 +193,7 @@ def test_sghmc_recovers_posterior_mean():
     assert (np.asarray(r.tuning["step_size"]) * 1.0 <= 0.5 + 1e-6).all()  # friction 1
 
 
+@pytest.mark.slow  # slow suite: SGLD/SGHMC run through infer in their doctests (issue 12: a 5-minute default suite)
 def test_batch_size_resizes_the_models_plate():
     trace = ppl.trace_model(subsampled, jnp.asarray(Y))
     assert ppl.subsampled_plates(trace) == {"data": (N, 10)}

@@ -305,7 +305,8 @@ def nan_after(n_ok):
         lambda count: jnp.where(count >= n_ok, jnp.nan, 1.0)))
 
 
-@pytest.mark.parametrize("part", ["generator", "prior"])
+# the generator case runs in the slow suite (issue 12); "prior" checks the same guard by default.
+@pytest.mark.parametrize("part", [pytest.param("generator", marks=pytest.mark.slow), "prior"])
 def test_fit_names_the_non_finite_part_and_keeps_last_good_model(part):
     m = small_model()
     x = jax.random.normal(jax.random.key(0), (16, 3))

@@ -454,6 +454,7 @@ def _sigma_posterior_moments():
     return np.trapezoid(s * p, s), np.trapezoid(s**2 * p, s)
 
 
+@pytest.mark.slow  # slow suite: a full Learned run with a flow fit (issue 12: a 5-minute default suite)
 @pytest.mark.arviz
 def test_learned_on_constrained_site_from_constrained_draws():
     """A HalfNormal scale: the source is a dict of constrained draws (a lognormal rough fit,
@@ -488,6 +489,7 @@ def test_learned_from_nuts_and_from_vi_flow():
         _assert_mean_within_mcse(r, "sigma", m1)
 
 
+@pytest.mark.slow  # slow suite: a flow-matching fit plus IRMH (issue 12: a 5-minute default suite)
 @pytest.mark.arviz
 def test_learned_flow_matching_irmh():
     """A flow-matching field trained on rough draws, as an IRMH proposal through its

@@ -52,6 +52,7 @@ def test_mmd_of_two_normals(shift):
     assert abs(mean - exact) < Z * se, (mean, exact, se)
 
 
+@pytest.mark.slow  # slow suite: a large kernel matrix (issue 12: a 5-minute default suite)
 def test_mmd_median_heuristic_detects_a_shift():
     x = jax.random.normal(jax.random.key(1), (300, 2))
     y = jax.random.normal(jax.random.key(2), (300, 2))

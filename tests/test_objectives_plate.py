@@ -101,6 +101,7 @@ def test_plate_iwae_at_the_exact_posterior_is_log_px_with_zero_variance():
     np.testing.assert_allclose(np.asarray(values), LOG_PX, atol=2e-5)
 
 
+@pytest.mark.slow  # slow suite: many Monte Carlo draws; the exact-posterior identity stays in the default suite (issue 12: a 5-minute default suite)
 def test_plate_iwae_mean_matches_reference_and_bounds_order():
     """ELBO < IWAE_8(plate) < log p(x), IWAE_8(plate) matches a hand-written per-element IWAE_8
     and is tighter than the joint IWAE_8 of the whole plate by many standard errors."""
@@ -186,6 +187,7 @@ def exact_coin_iwae(c, d, x, K):
     return jnp.sum(jnp.exp(jnp.sum(log_q, axis=1)) * bound)
 
 
+@pytest.mark.slow  # slow suite: many Monte Carlo draws; the per-element IWAE gradient stays in the default suite (issue 12: a 5-minute default suite)
 def test_plate_vimco_and_reinforce_gradients_match_exact_enumeration():
     """Discrete local latents (Reinforce): vimco(plate) and iwae(plate) are both unbiased for the
     exact gradient of the per-element bound, and the per-element leave-one-out baselines cut the
@@ -311,6 +313,7 @@ def test_global_latents_are_an_error_unless_shared():
             jax.random.key(0), {"m": 0.0, "lt": 0.0}, X)
 
 
+@pytest.mark.slow  # slow suite: many Monte Carlo draws (issue 12: a 5-minute default suite)
 def test_shared_globals_bound_is_elbo_in_globals_iwae_per_element():
     """With shared_globals=True the global site is drawn once per estimate: with the exact
     conditional guide for the locals the bound is the collapsed ELBO of the globals (closed

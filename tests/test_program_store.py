@@ -100,6 +100,7 @@ FUSED = """
 """
 
 
+@pytest.mark.slow  # slow suite: two fresh processes (issue 12: a 5-minute default suite)
 def test_an_executable_from_jax_cache_is_compiled_afresh_before_it_is_stored(tmp_path):
     # An executable JAX read back from its own cache re-serializes without its generated
     # code on the CPU ("NOT_FOUND: Function ..._fusion not found" when run): never stored.

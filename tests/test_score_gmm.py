@@ -42,6 +42,7 @@ def test_noised_law_is_the_law_of_x_t(proc):
     assert np.allclose(np.cov(np.asarray(xt), rowvar=False), gt.covariance(), rtol=0.05, atol=0.01)
 
 
+@pytest.mark.slow  # slow suite: several compiled programs (issue 12: a 5-minute default suite)
 def test_score_is_gradient_of_noised_log_prob_and_tweedie():
     g, p, t = ring_mixture(3), VP(), 0.2
     x = jnp.array([[0.3, -0.2], [1.5, 0.7]])
@@ -57,6 +58,7 @@ def test_score_is_gradient_of_noised_log_prob_and_tweedie():
     assert np.allclose(one.denoiser(x, t, p), want, atol=1e-4)
 
 
+@pytest.mark.slow  # slow suite: several compiled programs (issue 12: a 5-minute default suite)
 def test_posterior_matches_bayes_rule_on_a_grid():
     g = two_moons_mixture()
     A, y, R = jnp.array([[1.0, 0.0]]), jnp.array([0.5]), jnp.array([[0.04]])

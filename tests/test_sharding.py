@@ -46,6 +46,7 @@ def fast_checks() -> dict:
     return run_checks("infer", "chains_do_not_divide", "fit")
 
 
+@pytest.mark.slow  # slow suite: a 4-device subprocess (~19 s) (issue 12: a 5-minute default suite)
 def test_infer_chains_on_four_devices_match_one_device(fast_checks):
     out = fast_checks["infer"]
     assert out["devices"] == 4
@@ -62,6 +63,7 @@ def test_infer_chains_on_four_devices_match_one_device(fast_checks):
     assert ula["max_abs_diff"] < 1e-5
 
 
+@pytest.mark.slow  # slow suite: shares the 4-device subprocess above (issue 12: a 5-minute default suite)
 def test_chain_count_that_does_not_divide(fast_checks):
     out = fast_checks["chains_do_not_divide"]
     # An explicit device choice must divide: a clear error naming both numbers.

@@ -79,6 +79,7 @@ def test_result_stats_tuning_and_arviz(conjugate_result):
     assert "posterior" in idata and "sample_stats" in idata
 
 
+@pytest.mark.slow  # slow suite: a long fit (issue 12: a 5-minute default suite)
 def test_mvn_guide_recovers_correlated_regression_posterior():
     """Bayesian linear regression with correlated covariates: closed-form Gaussian posterior
     with correlation -0.87, which the full-rank guide contains exactly."""
