@@ -16,9 +16,11 @@ How it runs:
   whatever the chunking.
 - Non-finite values: once the objective estimate, a gradient leaf or an updated parameter
   is not finite, the step is not applied and the remaining steps are skipped (params
-  frozen). The host then raises :class:`NonFiniteError` naming the step and the first
-  non-finite parameter leaf (its pytree path, e.g. ``params['loc']``); ``err.result`` is the
-  :class:`FitResult` with the last finite params and the objective values before that step.
+  frozen). The host then raises :class:`NonFiniteError` with the step, what went non-finite
+  (``err.kind``), the parameter leaf (its pytree path, e.g. ``params['loc']``, or
+  ``"objective"`` when only the estimate was), and the last good params and optimizer state
+  (``err.params``, ``err.opt_state``: those of the step before, where the objective and
+  its gradients were last finite), to restart from with a smaller learning rate.
 - Data arguments: array leaves (and Python floats) are traced; other leaves (ints such as a
   plate size, strings, ``None``) are fixed, as static values of the compiled step.
 
@@ -78,20 +80,52 @@ class FitResult(NamedTuple):
 
 
 class NonFiniteError(FloatingPointError):
-    """The objective or its gradient stopped being finite during :func:`fit`.
+    """The objective, a gradient or an updated parameter stopped being finite in :func:`fit`.
+
+    Step ``j`` evaluates the objective estimate and its gradients at the params after ``j``
+    updates and applies one more update. The first step where the estimate, a gradient leaf
+    or an updated leaf is not finite is ``step``; nothing from it is applied.
 
     Attributes:
-        step: 0-based index of the first step whose objective estimate, gradient or update
-            was not finite (``step`` updates were applied before it).
-        leaf: pytree path of the first non-finite parameter leaf (``"params['loc']"``), or
-            ``None`` when only the objective value was not finite.
-        result: :class:`FitResult` with the last finite params (those before ``step``) and
-            the ``step`` objective values estimated before it.
+        step: 0-based index of that first bad step.
+        kind: what went non-finite first: ``"objective"`` (the estimate; gradients may be
+            non-finite too), ``"gradient"`` (a gradient leaf, with a finite estimate) or
+            ``"update"`` (an updated parameter overflowed; estimate and gradients finite).
+        leaf: the pytree path of the first parameter leaf whose gradient (or, for ``"update"``,
+            updated value) was not finite (``"params['loc']"``), or ``"objective"`` when only
+            the objective estimate was (every gradient finite).
+        leaves: every such parameter leaf path (empty when ``leaf == "objective"``).
+        params, opt_state: the last good state, from which a smaller learning rate can carry
+            on: for ``"objective"`` and ``"gradient"``, the params and optimizer state of the
+            step before ``step`` (the last point where the estimate and its gradients were
+            finite; the initial ones if ``step`` is 0); for ``"update"``, those of ``step``.
+        params_step: how many updates ``params`` had (``step - 1``, ``step``, or 0).
+        bad_params: the params ``step`` was evaluated at (where to look at the model).
+        result: :class:`FitResult` with ``params`` and the ``step`` objective estimates
+            before ``step``.
+
+    Example:
+        >>> import jax.numpy as jnp, optax, ppl, inference
+        >>> @ppl.expectation
+        ... def cliff(params):  # NaN once x passes 2.5; SGD(1) moves x by 1 per step
+        ...     return jnp.where(params["x"] > 2.5, jnp.nan, params["x"])
+        >>> try:
+        ...     inference.fit(cliff, {"x": jnp.zeros(())}, optimizer=optax.sgd(1.0),
+        ...                   steps=10, progress=False)
+        ... except inference.NonFiniteError as err:
+        ...     print(err.step, err.kind, err.leaf, float(err.params["x"]),
+        ...           float(err.bad_params["x"]))
+        3 objective objective 2.0 3.0
     """
 
-    def __init__(self, message: str, step: int, leaf: str | None, result: FitResult):
+    def __init__(self, message: str, step: int, leaf: str | None, result: FitResult, *,
+                 kind: str | None = None, leaves: tuple[str, ...] = (), opt_state: Any = None,
+                 bad_params: Any = None, params_step: int | None = None):
         super().__init__(message)
         self.step, self.leaf, self.result = step, leaf, result
+        self.kind, self.leaves = kind, tuple(leaves)
+        self.params, self.opt_state, self.bad_params = result.params, opt_state, bad_params
+        self.params_step = step if params_step is None else params_step
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -221,7 +255,8 @@ def fit(
 
     Raises:
         NonFiniteError: (a ``FloatingPointError``) at the first step whose objective, gradient
-            or update is not finite; ``err.result`` keeps the last finite params.
+            or update is not finite; ``err.params``/``err.opt_state`` keep the last good
+            state and ``err.leaf`` names the parameter leaf (see :class:`NonFiniteError`).
 
     Example:
         >>> import jax.numpy as jnp, numpyro, numpyro.distributions as dist, optax, ppl
@@ -268,7 +303,7 @@ def fit(
         data = data[:argnum] + (part,) + data[argnum + 1:]
         return split_arguments(data)[0]
 
-    def finite(tree_) -> jax.Array:
+    def finite(tree_) -> jax.Array:  # one flag per leaf
         return jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree_)])
 
     nan = jnp.asarray(jnp.nan, jnp.result_type(float))
@@ -276,7 +311,10 @@ def fit(
     # Everything the compiled chunks use is an argument (key, data) or part of their cache
     # key (objective, optimizer, sizes, static data): nothing per-call is closed over.
     def step(carry, i, key, dyn):
-        params, opt_state, bad_step, bad_leaves = carry
+        # The guarded step. Carry: the current state, the state of the step before (the
+        # last good one if this step fails), the first bad step (-1: none yet), which
+        # gradient and updated leaves were non-finite there, and whether the value was.
+        params, opt_state, prev, bad_step, bad_grads, bad_updates, bad_value = carry
         k_obj, k_batch = jax.random.split(jax.random.fold_in(key, i))
         data = subsample(k_batch, dyn)
         value, (grads, _) = bound.value_and_grad_estimate(k_obj, params, data)
@@ -284,12 +322,14 @@ def fit(
         neg = jax.tree.map(jnp.negative, grads)
         upd, new_state = optimizer.update(neg, opt_state, params)
         new_params = optax.apply_updates(params, upd)
-        leaves_ok = finite(grads) & finite(new_params)
-        ok = jnp.isfinite(value) & jnp.all(leaves_ok)
+        value_ok, grads_ok, params_ok = jnp.isfinite(value), finite(grads), finite(new_params)
+        ok = value_ok & jnp.all(grads_ok) & jnp.all(params_ok)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        bad_leaves = jnp.where(ok, bad_leaves, ~leaves_ok)
-        bad_step = jnp.where(ok, bad_step, i)
-        return (keep(new_params, params), keep(new_state, opt_state), bad_step, bad_leaves), value
+        i = i.astype(bad_step.dtype)  # int64 under jax_enable_x64
+        return (keep(new_params, params), keep(new_state, opt_state),
+                keep((params, opt_state), prev), jnp.where(ok, bad_step, i),
+                jnp.where(ok, bad_grads, ~grads_ok), jnp.where(ok, bad_updates, ~params_ok),
+                jnp.where(ok, bad_value, ~value_ok)), value
 
     def fast_step(carry, i, key, dyn):
         params, opt_state = carry
@@ -323,7 +363,7 @@ def fit(
     def run_guarded(carry, start, key, dyn):
         def body(c, i):
             # Steps past the end, or after a non-finite one, leave everything untouched.
-            go = (i < steps) & (c[2] < 0)
+            go = (i < steps) & (c[3] < 0)
             return jax.lax.cond(go, lambda c: step(c, i, key, dyn), lambda c: (c, nan), c)
 
         return jax.lax.scan(body, carry, start + jnp.arange(chunk))
@@ -339,13 +379,14 @@ def fit(
     program_key = (objective, optimizer, steps, chunk, batching, static_part(args), mesh,
                    jax.tree_util.tree_structure(params))
 
+    def guard_carry(state):
+        no = jnp.zeros((len(names),), bool)
+        return (*state, state, jnp.asarray(-1, jnp.int32), no, no, jnp.asarray(False))
+
     def compiled_guarded():
         with compiling("fit (guarded replay)", bar.enabled) as programs:
             return programs.compile(jax.jit(run_guarded), (guard_carry(state), starts[0], key, dyn),
                                     key=("fit-guarded", *program_key))
-
-    def guard_carry(state):
-        return (*state, jnp.asarray(-1, jnp.int32), jnp.zeros((len(names),), bool))
 
     with compiling("fit", bar.enabled) as programs:
         compiled = programs.compile(jax.jit(run_fast), (state, starts[0], key, dyn),
@@ -353,43 +394,82 @@ def fit(
     bar.update(0, {})
     chunks = []
     carry = None
+    previous = state  # the state at the start of the chunk before (for the replay)
     try:
         for c in range(n_chunks):
             new_state, chunk_values, ok = compiled(state, starts[c], key, dyn)
             if not bool(ok):  # one host sync per chunk
-                carry, chunk_values = compiled_guarded()(guard_carry(state), starts[c], key, dyn)
-                chunks.append(chunk_values)
-                if int(carry[2]) >= 0:
+                # Replay from the chunk before (if any) with the guarded step, so that the
+                # state of the step before the bad one is known even when the bad step is
+                # the chunk's first.
+                first = max(c - 1, 0)
+                replay = guard_carry(previous if c > 0 else state)
+                del chunks[first:]
+                for r in range(first, c + 1):
+                    replay, replay_values = compiled_guarded()(replay, starts[r], key, dyn)
+                    chunks.append(replay_values)
+                    if int(replay[3]) >= 0:
+                        break
+                if int(replay[3]) >= 0:
+                    carry = replay
                     break
                 # The guarded replay found every step finite (the two programs may round
                 # differently): carry on from its state.
-                new_state, carry = carry[:2], None
+                new_state, chunk_values = replay[:2], chunks[-1]
             else:
                 chunks.append(chunk_values)
-            state = new_state
+            previous, state = state, new_state
             if bar.enabled:
                 done = min((c + 1) * chunk, steps)
                 bar.update(done, {"objective": float(jnp.mean(chunk_values[:done - c * chunk]))})
     finally:
         bar.close()
-    if carry is None:
-        carry = guard_carry(state)
 
     values = jnp.concatenate(chunks)
-    params, _, bad_step, bad_leaves = carry
+    if carry is None:
+        return FitResult(state[0], values[:steps])
+    raise _non_finite(carry, values, names)
+
+
+def _non_finite(carry: tuple, values: jax.Array, names: list[str]) -> NonFiniteError:
+    """The :class:`NonFiniteError` for a guarded carry that stopped at a bad step."""
+    bad_params, bad_state, (prev_params, prev_state), bad_step, bad_grads, bad_updates, \
+        bad_value = carry
     bad_step = int(bad_step)
-    if bad_step < 0:
-        return FitResult(params, values[:steps])
-    result = FitResult(params, values[:bad_step])
-    flags = np.asarray(bad_leaves)
-    leaf = names[int(np.argmax(flags))] if flags.any() else None
+    grads_flags, update_flags = np.asarray(bad_grads), np.asarray(bad_updates)
     value = float(values[bad_step])
-    where = (f"first non-finite parameter leaf: {leaf} (its gradient or update)" if leaf
-             else "the gradients were finite")
-    raise NonFiniteError(
-        f"fit: non-finite objective or gradient at step {bad_step} (0-based; {bad_step} "
-        f"step(s) were applied): objective estimate {value}; {where}. Training stopped; "
-        "err.result holds the last finite params. Check the model and guide at these params "
-        "(a scale that reaches 0, exp overflow) or lower the learning rate.",
-        bad_step, leaf, result,
+    if bool(bad_value):
+        kind = "objective"
+    else:
+        kind = "gradient" if grads_flags.any() else "update"
+    flags = update_flags if kind == "update" else grads_flags
+    leaves = tuple(n for n, f in zip(names, flags) if f)
+    leaf = leaves[0] if leaves else "objective"
+    listed = ", ".join(leaves[:4]) + (f" and {len(leaves) - 4} more" if len(leaves) > 4 else "")
+    if kind == "update":
+        # The estimate and gradients at the step's params were finite: restart from there.
+        good, good_state, good_step = bad_params, bad_state, bad_step
+        what = (f"the update made parameter leaf {listed} non-finite (overflow; the objective "
+                f"estimate {value} and the gradients were finite)")
+    else:
+        good, good_state, good_step = prev_params, prev_state, max(bad_step - 1, 0)
+        if kind == "objective" and not leaves:
+            what = (f"only the objective estimate was non-finite ({value}; the gradients were "
+                    "finite), so err.leaf is 'objective'")
+        elif kind == "objective":
+            what = f"non-finite objective estimate ({value}) and gradient of {listed}"
+        else:
+            what = f"non-finite gradient of {listed} (objective estimate {value})"
+    last = "" if kind == "update" else (", the last point where the objective and gradients "
+                                        "were finite")
+    message = (
+        f"fit: step {bad_step} (0-based) went non-finite: {what}. Training stopped. "
+        f"err.params and err.opt_state hold the last good state (after {good_step} update(s)"
+        f"{last}); err.bad_params the params step {bad_step} was evaluated at. To fix: lower the "
+        "learning rate (or clip gradients, optax.clip_by_global_norm) and restart from "
+        "err.params, and check the model and guide near err.bad_params (a scale that "
+        "reaches 0, exp overflow, log or sqrt of a negative number)."
     )
+    return NonFiniteError(message, bad_step, leaf, FitResult(good, values[:bad_step]),
+                          kind=kind, leaves=leaves, opt_state=good_state, bad_params=bad_params,
+                          params_step=good_step)

@@ -88,8 +88,9 @@ def test_nonfinite_step_raises_naming_leaf_and_step_and_keeps_last_finite_params
     err = info.value
     assert isinstance(err, inference.NonFiniteError)
     assert err.step == 37 and err.leaf == "params['w']"
-    # The 37 steps before it were applied: t = 37, w untouched (its gradient was 0).
-    assert float(err.result.params["t"]) == 37.0
+    # err.result.params: the last good params (issue 14), those of step 36 (t = 36), where the
+    # objective was last finite; w untouched (its gradient was 0). Step 37 ran at t = 37.
+    assert float(err.result.params["t"]) == 36.0 and float(err.bad_params["t"]) == 37.0
     np.testing.assert_array_equal(err.result.params["w"], jnp.ones(3))
     np.testing.assert_array_equal(err.result.values, jnp.arange(37.0))
 
@@ -101,7 +102,8 @@ def test_nonfinite_value_with_finite_gradients_names_no_leaf():
 
     with pytest.raises(inference.NonFiniteError, match="step 3 .*gradients were finite") as info:
         inference.fit(cliff, jnp.zeros(()), optimizer=optax.sgd(1.0), steps=10, progress=False)
-    assert info.value.leaf is None and float(info.value.result.params) == 3.0
+    # Only the estimate was non-finite: said explicitly (issue 14); last good params: step 2's.
+    assert info.value.leaf == "objective" and float(info.value.result.params) == 2.0
 
 
 def test_minibatch_gradient_is_unbiased():
