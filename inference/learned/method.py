@@ -1,0 +1,302 @@
+"""The :class:`Learned` method: source draws, a fitted proposal, then IRMH or i.i.d. draws."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import jax
+import numpy as np
+
+from inference.flows import FlowSpec, check_kind
+from inference.learned.checks import (
+    _NO_DENSITY, _STANDARDIZE, FLOW_MATCHING_NAMES, _check_optimizer, _positive_int,
+    _proposal_has_density)
+from inference.learned.diagnostics import importance_diagnostics
+from inference.learned.draws import _as_points, _draws_for
+from inference.learned.fitting import fit_flow_matching_to_draws, fit_flow_to_draws, flow_from_vi
+from inference.learned.flow import Flow
+from inference.learned.flow_matching_sampler import FlowMatchingSampler
+from inference.learned.sampling import _iid, _irmh_chains
+from inference.method import Method
+from ppl.potential import potential as make_potential
+
+__all__ = ["Learned"]
+
+
+def _is_method(obj: Any) -> bool:
+    return isinstance(obj, Method)
+
+
+@dataclass(frozen=True, eq=False)
+class Learned(Method):
+    """Learn a sampler of the posterior from another method's draws, then draw cheaply from it.
+
+    ``infer(model, ..., method=Learned(source=NUTS(), flow="spline_coupling", correct="irmh"))``:
+
+    1. *source*: an ``infer`` method object run on the model (``NUTS()`` by default, with
+       ``source_samples`` draws after ``source_warmup`` warmup in each of ``source_chains``
+       chains); a :class:`inference.Result` or a dict of constrained draws of the model's
+       latent sites; or an array ``(n, D)`` of flat unconstrained draws (sites in model
+       order, :func:`unconstrained_draws`). ``VI(guide="flow")`` is special: its fitted flow
+       is the learned sampler (no fit to draws).
+    2. *flow*: a kind of :data:`inference.flows.KINDS` fitted by maximum likelihood
+       (:func:`fit_flow_to_draws`, ``flow_options`` for :class:`~inference.flows.FlowSpec`;
+       default ``"spline_coupling"``, or with ``source=VI(guide="flow")`` that fit's flow),
+       ``"flow_matching"`` (:func:`fit_flow_matching_to_draws`, ``flow_options`` for it:
+       ``width``, ``depth``, ``ode_steps``, ``ode_method``, ``density``, ``path``), or an
+       already fitted :class:`Flow` / :class:`FlowMatchingSampler` (any object with
+       ``sample_and_log_prob(key, n)``/``log_prob``, or ``sample`` only with
+       ``correct=None``), used as is (``source`` is then not run).
+    3. *correct*: ``"irmh"`` -- ``num_chains`` independent Metropolis chains (:func:`irmh`)
+       started at proposal draws, ``num_warmup`` steps of burn-in, then ``num_samples`` kept
+       per chain: exact for the posterior; ``None`` -- ``num_chains x num_samples`` i.i.d.
+       proposal draws (the "chains" are a layout), exact only as far as the flow is.
+
+    ``steps``, ``batch_size``, ``optimizer``, ``standardize``, ``validation`` (held-out
+    fraction for early stopping; normalizing flows only) go to the fit; ``base_scale``
+    (a normalizing flow's base ``N(0, base_scale^2 I)`` when drawing, see :class:`Flow`)
+    fattens the proposal's tails.
+
+    The :class:`inference.Result`: ``samples`` of every latent and deterministic site,
+    ``(chains, draws, *shape)``; ``stats``: ``lp`` (log density on the unconstrained space,
+    as NUTS reports it), ``log_q`` (the proposal's there), ``n_grad`` (0), and with IRMH
+    ``acceptance_rate``, ``is_accepted`` and ``proposal_log_weight`` (the log importance
+    weight of each step's proposal), without it ``log_weight``. ``tuning``: ``pareto_k`` and
+    ``log_z`` (the importance estimate of the log marginal likelihood), and ``importance``,
+    all of :func:`importance_diagnostics` of the proposals drawn after burn-in (with IRMH)
+    or of the draws (without; absent for a proposal without a density); ``flow`` (the
+    proposal object, reusable as ``Learned(flow=...)``), ``flow_losses`` (the fit's per-step
+    negative log-likelihood; for a VI flow, VI's objective) and ``source`` (the source's
+    Result, when it was run). ``timing``: ``source``, ``fit``, ``sample`` seconds
+    (``sample`` includes compilation).
+
+    A ``pareto_k`` above 0.7 warns: the flow's tails are lighter than the posterior's; i.i.d.
+    draws are then unreliable and IRMH chains mix slowly (check ESS).
+
+    Example:
+        >>> import jax.numpy as jnp, numpyro, numpyro.distributions as dist, inference
+        >>> def model(y=None):
+        ...     mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+        ...     numpyro.sample("y", dist.Normal(mu, 1.0).expand([3]).to_event(1), obs=y)
+        >>> draws = 2.0 + 0.58 * jax.random.normal(jax.random.key(0), (1000, 1))
+        >>> method = Learned(source=draws, flow="affine_coupling", steps=100,
+        ...                  flow_options={"layers": 1, "width": 4})
+        >>> r = inference.infer(model, y=jnp.array([1.0, 2.0, 3.0]), method=method,
+        ...                     num_samples=200, num_warmup=50, num_chains=2, progress=False)
+        >>> r.samples["mu"].shape, float(r.stats["acceptance_rate"].mean()) > 0.5
+        ((2, 200), True)
+    """
+
+    source: Any = None
+    flow: Any = None
+    correct: str | None = "irmh"
+    steps: int = 2000
+    batch_size: int = 256
+    optimizer: Any = None
+    standardize: str | None = "full"
+    flow_options: dict | None = None
+    source_samples: int = 1000
+    source_warmup: int = 1000
+    source_chains: int = 4
+    base_scale: float = 1.0
+    validation: float = 0.1
+
+    handles_discrete: ClassVar[bool] = False
+
+    def __post_init__(self):
+        from inference.nuts import NUTS
+        from inference.result import Result
+        from inference.vi import VI
+
+        source = NUTS() if self.source is None else self.source
+        object.__setattr__(self, "source", source)
+        if not (_is_method(source) or isinstance(source, (Result, dict))):
+            arr = np.asarray(source) if isinstance(source, (np.ndarray, jax.Array, list)) else None
+            if arr is None or arr.ndim < 2:
+                raise TypeError(
+                    f"Learned(source={source!r}): use an infer method object (e.g. "
+                    "inference.NUTS(), inference.VI(guide='flow')), a Result, a dict of "
+                    "constrained draws, or an array (n, D) of unconstrained draws.")
+        if self.correct not in ("irmh", None):
+            raise ValueError(f"Learned(correct={self.correct!r}): use 'irmh' (independent "
+                             "Metropolis correction, exact) or None (i.i.d. flow draws).")
+        for name in ("steps", "batch_size", "source_samples", "source_chains"):
+            _positive_int("Learned", name, getattr(self, name))
+        if isinstance(self.source_warmup, bool) or not isinstance(self.source_warmup, int) \
+                or self.source_warmup < 0:
+            raise ValueError(f"Learned: source_warmup must be a non-negative int; got "
+                             f"{self.source_warmup!r}.")
+        _check_optimizer("Learned", self.optimizer)
+        if not (isinstance(self.base_scale, (int, float)) and not isinstance(self.base_scale, bool)
+                and self.base_scale > 0):
+            raise ValueError(f"Learned(base_scale={self.base_scale!r}): must be a positive number.")
+        if self.base_scale != 1.0 and (self.flow in FLOW_MATCHING_NAMES or not (
+                self.flow is None or isinstance(self.flow, (Flow, str)))):
+            raise ValueError("Learned(base_scale=...): applies to normalizing flows (a flow kind "
+                             "or a Flow), not to flow-matching samplers.")
+        if self.standardize not in _STANDARDIZE:
+            raise ValueError(f"Learned(standardize={self.standardize!r}): use 'full', 'diag' "
+                             "or None.")
+        if self.flow_options is not None and not isinstance(self.flow_options, dict):
+            raise TypeError(f"Learned(flow_options={self.flow_options!r}): must be a dict.")
+        vi_flow = isinstance(source, VI) and source.guide == "flow"
+        if vi_flow and (self.flow is not None or self.flow_options):
+            raise ValueError("Learned(source=VI(guide='flow')): the VI fit's flow is the learned "
+                             "sampler; leave flow and flow_options unset and choose the flow with "
+                             "VI(guide_options={'kind': ..., 'layers': ...}).")
+        if self.flow is None:
+            object.__setattr__(self, "flow", "vi" if vi_flow else "spline_coupling")
+        flow = self.flow
+        if flow == "vi":
+            if not vi_flow:
+                raise ValueError("Learned(flow='vi'): needs source=VI(guide='flow', ...).")
+        elif isinstance(flow, str):
+            if flow in FLOW_MATCHING_NAMES:
+                options = dict(self.flow_options or {})
+                allowed = {"width", "depth", "time_frequencies", "ode_steps", "ode_method",
+                           "density", "path"}
+                unknown = set(options) - allowed
+                if unknown:
+                    raise ValueError(f"Learned(flow={flow!r}, flow_options=...): unknown "
+                                     f"option(s) {sorted(unknown)}; use {sorted(allowed)}.")
+                density = options.get("density", "jacobian")
+                FlowMatchingSampler(lambda y, t: y, 1, options.get("ode_steps", 16),
+                                    options.get("ode_method", "rk4"), density)
+                if density is None and self.correct == "irmh":
+                    raise ValueError(_NO_DENSITY.format(what="flow_matching with density=None"))
+            else:
+                object.__setattr__(self, "flow", check_kind(flow, "Learned"))
+                try:
+                    FlowSpec(self.flow, 2, **dict(self.flow_options or {}))
+                except TypeError as err:
+                    raise ValueError(f"Learned(flow_options={self.flow_options!r}): {err}; see "
+                                     "inference.flows.FlowSpec.") from None
+        else:
+            has_sample = callable(getattr(flow, "sample_and_log_prob", None)) or \
+                callable(getattr(flow, "sample", None))
+            if not has_sample:
+                raise TypeError(
+                    f"Learned(flow={flow!r}): use a flow kind ({', '.join(_kinds())}), "
+                    "'flow_matching', or a fitted proposal with sample(key, n) (and "
+                    "log_prob(x) for IRMH), such as a Flow or FlowMatchingSampler.")
+            if self.correct == "irmh" and not _proposal_has_density(flow):
+                raise ValueError(_NO_DENSITY.format(what=type(flow).__name__))
+
+    # -- pieces ------------------------------------------------------------------------
+    def _source_draws(self, model, args, kwargs, pot, key, progress):
+        """``(draws (n, D) or None, source Result or None, a VI flow or None)``."""
+        from inference.infer import infer
+        from inference.result import Result
+        from inference.vi import VI
+
+        source = self.source
+        if isinstance(source, Result):
+            return _draws_for(pot, source.samples, "Learned(source=Result)"), source, None
+        if isinstance(source, dict):
+            return _draws_for(pot, source, "Learned(source=dict)"), None, None
+        if not _is_method(source):
+            return _as_points("Learned(source=array)", source, pot.dimension), None, None
+        result = infer(model, *args, method=source, num_samples=self.source_samples,
+                       num_warmup=self.source_warmup, num_chains=self.source_chains, key=key,
+                       progress=progress, **kwargs)
+        if isinstance(source, VI) and source.guide == "flow":
+            return None, result, flow_from_vi(result)
+        return _draws_for(pot, result.samples, "Learned(source)"), result, None
+
+    def _fit(self, draws, key, progress):
+        if self.flow in FLOW_MATCHING_NAMES:
+            options = dict(self.flow_options or {})
+            r = fit_flow_matching_to_draws(
+                draws, key=key, steps=self.steps, batch_size=self.batch_size,
+                optimizer=self.optimizer, standardize=self.standardize, progress=progress,
+                **options)
+        else:
+            r = fit_flow_to_draws(draws, self.flow, key=key, steps=self.steps,
+                                  batch_size=self.batch_size, optimizer=self.optimizer,
+                                  standardize=self.standardize, flow_options=self.flow_options,
+                                  validation=self.validation, progress=progress)
+        return r.flow, r.losses
+
+    # -- the infer hook ----------------------------------------------------------------
+    def run(
+        self,
+        model: Callable,
+        args: tuple,
+        kwargs: dict,
+        *,
+        key: jax.Array,
+        num_samples: int,
+        num_chains: int,
+        num_warmup: int = 1000,
+        progress: bool = True,
+        devices: Any = None,
+        trace: dict | None = None,
+    ) -> tuple[dict, dict, dict, dict]:
+        """Source, fit, draw: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`."""
+        if devices is not None:
+            raise ValueError(
+                f"infer: {type(self).__name__} does not split its work over devices; "
+                "leave devices=None (its chains, if any, run on the default device)."
+            )
+        pot = make_potential(model, *args, **kwargs)
+        k_src, k_fit, k_run = jax.random.split(key, 3)
+        timing: dict[str, float] = {}
+        tuning: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        if isinstance(self.flow, str):
+            draws, source_result, vi_flow = self._source_draws(model, args, kwargs, pot, k_src,
+                                                               progress)
+            t1 = time.perf_counter()
+            timing["source"] = t1 - t0
+            if source_result is not None:
+                tuning["source"] = source_result
+            if vi_flow is not None:
+                proposal, losses = vi_flow, source_result.tuning.get("objective")
+            else:
+                proposal, losses = self._fit(draws, k_fit, progress)
+            timing["fit"] = time.perf_counter() - t1
+            tuning["flow_losses"] = losses
+        else:
+            proposal = self.flow
+        if isinstance(proposal, Flow) and self.base_scale != 1.0:
+            proposal = dataclasses.replace(proposal, base_scale=float(self.base_scale))
+        dim = getattr(proposal, "dim", None)
+        if dim is not None and dim != pot.dimension:
+            raise ValueError(f"Learned: the flow has dimension {dim}, but the model's "
+                             f"unconstrained space has dimension {pot.dimension} "
+                             f"(sites {pot.sites}).")
+        tuning["flow"] = proposal
+
+        t2 = time.perf_counter()
+        logdensity = pot.flat_logdensity_fn
+        constrain = jax.vmap(jax.vmap(lambda x: pot.to_constrained(pot.unravel(x))))
+        if self.correct is None:
+            samples, stats, log_w = _iid(proposal, logdensity, constrain, k_run, num_chains,
+                                         num_samples)
+        else:
+            samples, stats, log_w = _irmh_chains(proposal, logdensity, constrain, k_run,
+                                                 num_chains, num_warmup, num_samples, progress)
+        timing["sample"] = time.perf_counter() - t2
+        if log_w is None:  # uncorrected draws of a proposal without a density
+            return samples, stats, tuning, timing
+        diagnostics = importance_diagnostics(np.asarray(log_w))
+        tuning.update(pareto_k=diagnostics["pareto_k"], log_z=diagnostics["log_z"],
+                      importance=diagnostics)
+        if diagnostics["pareto_k"] > 0.7:
+            warnings.warn(
+                f"Learned: the importance weights p/q of the flow's draws have Pareto k = "
+                f"{diagnostics['pareto_k']:.2f} > 0.7: the flow's tails are lighter than the "
+                "posterior's. " + ("IRMH is still exact but may mix slowly: check the ESS."
+                                   if self.correct else "The i.i.d. draws are unreliable; use "
+                                   "correct='irmh'."), stacklevel=3)
+        return samples, stats, tuning, timing
+
+
+def _kinds() -> list[str]:
+    from inference.flows import KINDS
+
+    return list(KINDS)
