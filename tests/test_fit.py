@@ -37,26 +37,97 @@ class RecordingBar(ProgressBar):
         self.calls.append((int(done), dict(postfix)))
 
 
-def test_elbo_fit_recovers_exact_posterior():
+FIT_STEPS = 1500
+NUM_SEEDS = 32
+
+
+def _elbo_fits(num_seeds: int = NUM_SEEDS):
+    """Mean-field ELBO fits of ``conjugate``, one per seed ``k`` (init key ``k``, fit key
+    ``k + 1``; seed 0 is the historical single run). Decaying Adam step size, so the final
+    iterate's jitter shrinks with it. Returns the fit results and their final errors, an
+    array ``(num_seeds, 2)``: (loc - POST_MEAN) / POST_SD and scale / POST_SD - 1."""
     guide = guides.normal(conjugate)
-    params = ppl.init_params(guide, jax.random.key(0), Y)
-    steps = 1500
-    # Decaying step size: the iterate's jitter shrinks with it. Over 8 seeds the final errors
-    # had sd 0.022 (loc) and 0.012 (scale) posterior sds; 0.1 posterior sd is > 4 of those,
+    results, errors = [], []
+    for k in range(num_seeds):
+        params = ppl.init_params(guide, jax.random.key(k), Y)
+        opt = optax.adam(optax.exponential_decay(0.05, FIT_STEPS, 0.01))
+        result = inference.fit(ppl.objectives.elbo(conjugate, guide), params, Y,
+                               optimizer=opt, steps=FIT_STEPS, key=k + 1, progress=False)
+        fitted = ppl.constrain_params(guide, result.params, Y)
+        results.append(result)
+        errors.append(((float(fitted["guide.mu.loc"]) - POST_MEAN) / POST_SD,
+                       float(fitted["guide.mu.scale"]) / POST_SD - 1.0))
+    return results, np.array(errors)
+
+
+def test_elbo_fit_recovers_exact_posterior():
+    # 32 fits cost ~0.3 s after the one compilation (same shapes, the key is an argument).
+    results, errors = _elbo_fits()
+    result = results[0]
+    assert result.values.shape == (FIT_STEPS,)
+    # Derived bound (Monte Carlo over seeds): the guide family contains the posterior, so a
+    # correct fit ends at the exact posterior up to zero-mean optimizer jitter. The mean final
+    # error over 32 independent seeds is then within 4 standard errors sd / sqrt(32) of zero
+    # (t with 31 df: P(|t| > 4) < 5e-4). Measured: means 0.006 (loc) and -0.002 (scale)
+    # posterior sds, sds 0.035 and 0.024, bounds 0.025 and 0.017. A fit that settles off
+    # the optimum (a wrong entropy term or gradient scale) fails it.
+    mean, se = errors.mean(0), errors.std(0, ddof=1) / np.sqrt(len(errors))
+    assert np.all(np.abs(mean) < 4 * se), (mean, se)
+    # Regression guard (from our measured output, not derived): the historical single run
+    # (seed 0) within 0.1 posterior sd (measured -0.007 loc, 0.002 scale; over 64 seeds the
+    # final errors have sd 0.033 and 0.024, matching NumPyro's SVI, see the slow test below),
     # while the initial guide (scale 0.1, loc in [-2, 2]) is off by > 0.8 posterior sd.
-    opt = optax.adam(optax.exponential_decay(0.05, steps, 0.01))
-    result = inference.fit(ppl.objectives.elbo(conjugate, guide), params, Y, optimizer=opt,
-                           steps=steps, key=1, progress=False)
-    fitted = ppl.constrain_params(guide, result.params, Y)
-    assert abs(float(fitted["guide.mu.loc"]) - POST_MEAN) < 0.1 * POST_SD
-    assert abs(float(fitted["guide.mu.scale"]) - POST_SD) < 0.1 * POST_SD
-    assert result.values.shape == (steps,)
+    assert np.all(np.abs(errors[0]) < 0.1), errors[0]
     # The ELBO rises towards log p(y) (its maximum, reached here since q can be exact).
+    # Derived bound: each value is a one-draw estimate of ELBO(q_t) <= log p(y), with fresh
+    # draws every step, so the tail mean exceeds log p(y) by at most 4 standard errors
+    # sd(tail) / sqrt(300) (measured: tail mean - log p(y) = -0.0009, slack 0.0027; the
+    # old hand-set slack was 0.05).
     log_evidence = dist.MultivariateNormal(
         jnp.full(Y.size, M0), SIG**2 * jnp.eye(Y.size) + S0**2
     ).log_prob(Y)
-    tail = result.values[-300:]
-    assert float(jnp.mean(result.values[:50])) < float(jnp.mean(tail)) <= float(log_evidence) + 0.05
+    tail = np.asarray(result.values[-300:], dtype=np.float64)
+    slack = 4 * tail.std(ddof=1) / np.sqrt(tail.size)
+    assert float(jnp.mean(result.values[:50])) < tail.mean() <= float(log_evidence) + slack
+
+
+@pytest.mark.slow  # 32 NumPyro SVI runs (vmapped, ~6 s with compilation) beside ours
+def test_elbo_fit_jitter_matches_numpyro_svi():
+    """Independent reference for the fit's precision: NumPyro's SVI with the same guide
+    (Normal(loc, softplus-positive scale), same initialisation), one-draw Trace_ELBO, the
+    same optax Adam schedule and step count. Both are the same algorithm, so their final
+    errors over 32 seeds each must have the same law: the variance ratio within the two-sided
+    0.001 quantiles of F(31, 31) (~[0.32, 3.1]) and the means within 4 Welch standard
+    errors. Measured (64 seeds each): sds 0.033 / 0.035 (loc), 0.024 / 0.022 (scale)."""
+    from numpyro.distributions import constraints
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.optim import optax_to_numpyro
+    from scipy import stats
+
+    _, ours = _elbo_fits()
+
+    def guide(y):
+        loc = numpyro.param("loc", lambda k: jax.random.uniform(k, (), minval=-2.0, maxval=2.0))
+        scale = numpyro.param("scale", 0.1, constraint=constraints.softplus_positive)
+        numpyro.sample("mu", dist.Normal(loc, scale))
+
+    opt = optax_to_numpyro(optax.adam(optax.exponential_decay(0.05, FIT_STEPS, 0.01)))
+    svi = SVI(conjugate, guide, opt, Trace_ELBO())
+
+    def run(key):
+        state = svi.init(key, Y)
+        state, _ = jax.lax.scan(lambda s, _: svi.update(s, Y), state, None, length=FIT_STEPS)
+        p = svi.get_params(state)
+        return jnp.stack([(p["loc"] - POST_MEAN) / POST_SD, p["scale"] / POST_SD - 1.0])
+
+    keys = jax.random.split(jax.random.key(2024), NUM_SEEDS)
+    ref = np.asarray(jax.jit(jax.vmap(run))(keys), dtype=np.float64)
+    k = NUM_SEEDS - 1
+    lo, hi = stats.f.ppf(0.0005, k, k), stats.f.ppf(0.9995, k, k)
+    ratio = ours.var(0, ddof=1) / ref.var(0, ddof=1)
+    assert np.all((lo < ratio) & (ratio < hi)), (ratio, lo, hi)
+    welch = np.sqrt(ours.var(0, ddof=1) / len(ours) + ref.var(0, ddof=1) / len(ref))
+    assert np.all(np.abs(ours.mean(0) - ref.mean(0)) < 4 * welch), (ours.mean(0), ref.mean(0))
 
 
 def test_same_key_same_result_whatever_the_chunking():
