@@ -29,7 +29,7 @@ from inference.langevin import mala, obabo, randomized_midpoint, sghmc, sgld, ul
 from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
 from inference.initialization import initial_positions
 from inference.nuts import NUTS
-from inference.result import Result
+from inference.result import Result, load_result
 from inference.smc import SMC, SMCResult, tempered_smc
 from inference.vi import VI
 
@@ -58,6 +58,7 @@ __all__ = [
     "infer",
     "disk_cache",
     "Result",
+    "load_result",
     "NUTS",
     "MALA",
     "ULA",

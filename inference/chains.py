@@ -5,7 +5,7 @@ An MCMC method (``NUTS``, the Langevin methods) describes its chains with a :cla
 over all chains at once (a leading chain axis). :func:`run_chains` turns that into
 
 1. an *init* program: initial points (Stan's uniform draws on the unconstrained scale,
-   the first finite one per chain), then ``sampler.init``;
+   the first finite one per chain, or the user's ``init_params``), then ``sampler.init``;
 2. a *chunk* program: ``chunk`` steps from step ``t0``, writing the constrained draws and
    statistics of those steps into output buffers (chains, draws, ...) that it carries, in
    place (donated), so they stay on the devices the chains live on.
@@ -15,6 +15,20 @@ So the programs carry no host callbacks and JAX's persistent cache can keep them
 compiled once per shape and kept in :data:`inference.compilation.PROGRAMS`, and the model's
 data enter them as arguments (new data of the same shapes reuses them). Every step's key is
 ``fold_in(key, t)``, so the draws do not depend on the chunking.
+
+Recoverable runs. The host loop stops cleanly between chunks:
+
+* Ctrl-C (``KeyboardInterrupt``) waits for the chunk in flight (at most a twentieth of the
+  run), then returns the draws made so far with a warning (re-raised if warmup was not
+  finished: there are no draws yet).
+* The final sampler state comes back with the draws (``ChainOutputs.state``, a
+  :class:`inference.checkpoint.ChainState`); :func:`continue_chains` runs the same chains
+  further from it, with the tuned step size and mass matrix and no new warmup. Loop step
+  ``t`` always uses ``fold_in(key, t)``, so continuing by ``n`` draws gives bit for bit the
+  draws a run ``n`` draws longer would have made.
+* ``checkpoint=path`` writes the state and draws so far every ``checkpoint_every`` loop
+  steps (and when the run ends or is interrupted); running the same call again resumes from
+  the file, giving the same arrays as an uninterrupted run.
 
 Example:
     >>> import jax, numpyro.distributions as dist, ppl, inference
@@ -30,23 +44,30 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inference.arguments import CONCRETE_ERRORS, split_arguments, static_part
+from inference import checkpoint as ckpt
+from inference.arguments import CONCRETE_ERRORS, positive_int, split_arguments, static_part
 from inference.compilation import compiling
 from inference.initialization import raise_no_valid_initial, select_initial
 from inference.progress import ProgressBar, chunk_sizes
-from inference.sharding import constrain_leading, describe, gather
+from inference.sharding import constrain_leading, describe, gather, put_leading
+from inference.starting_points import raise_nonfinite_start, unconstrained_starts
 from ppl.potential import Potential
 from ppl.potential import potential as make_potential
 from ppl.potential import potential_from_trace
 
-__all__ = ["Sampler", "run_chains"]
+__all__ = ["Sampler", "ChainOutputs", "run_chains", "continue_chains"]
+
+UPDATES = 20  # chunk calls (progress-bar updates) per run
+
 
 class Sampler(NamedTuple):
     """What an MCMC method gives :func:`run_chains` (all functions over batched chains).
@@ -57,6 +78,7 @@ class Sampler(NamedTuple):
             methods, does its warmup here).
         step: ``step(state, t, key) -> (state, position, stats)``: one step of every chain
             at loop step ``t`` (an int32 scalar); ``stats`` maps ArviZ names to (chains,).
+            Past warmup it must not depend on ``num_samples`` (chains are continued with it).
         loop_warmup: the first ``loop_warmup`` loop steps are warmup (draws discarded).
         num_steps: loop steps in all (``loop_warmup`` + kept draws).
         tuning: ``tuning(state) -> dict`` of what warmup chose (step size, mass matrix...).
@@ -73,6 +95,18 @@ class Sampler(NamedTuple):
     init_warmup: int = 0
 
 
+class ChainOutputs(tuple):
+    """``(samples, stats, tuning, timing)`` (it unpacks as that 4-tuple) with the chains'
+    final ``state`` (a :class:`inference.checkpoint.ChainState`) attached."""
+
+    state: ckpt.ChainState | None
+
+    def __new__(cls, samples, stats, tuning, timing, state=None):
+        self = super().__new__(cls, (samples, stats, tuning, timing))
+        self.state = state
+        return self
+
+
 def _with_data(pot: Potential, data: Any) -> Potential:
     args, kwargs = data
     return dataclasses.replace(pot, args=tuple(args), kwargs=dict(kwargs))
@@ -80,6 +114,20 @@ def _with_data(pot: Potential, data: Any) -> Potential:
 
 def _all_static(tree: Any) -> tuple[list, Callable[[list], Any]]:
     return [], lambda _: tree
+
+
+def _potential(model, args, kwargs, trace):
+    return (make_potential(model, *args, **kwargs) if trace is None
+            else potential_from_trace(model, tuple(args), dict(kwargs), trace))
+
+
+def _with_fallback(run: Callable, data: tuple) -> ChainOutputs:
+    try:
+        return run(split_arguments(data))
+    except CONCRETE_ERRORS:
+        # The model reads its data's values in Python: compile with the data baked in (a
+        # new program for new data, as NumPyro does).
+        return run(_all_static(data))
 
 
 def run_chains(
@@ -97,145 +145,366 @@ def run_chains(
     tries: int = 100,
     radius: float = 2.0,
     trace: dict | None = None,
-) -> tuple[dict, dict, dict, dict]:
+    init_params: dict | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+) -> ChainOutputs:
     """Run ``method`` (an object with ``sampler(...)``) on ``model(*args, **kwargs)``.
 
     Returns ``(samples, stats, tuning, timing)``: constrained draws of every latent and
     deterministic site and per-draw statistics, shape (chains, draws, ...); what warmup
     chose; and ``timing`` with ``compile`` and ``run`` seconds, ``devices`` and ``cache``
-    (where the programs came from: ``memory``, ``disk``, ``miss`` or ``off``).
+    (where the programs came from: ``memory``, ``disk``, ``miss`` or ``off``). The final
+    sampler state is its ``.state`` (for :func:`continue_chains`).
 
     With a device ``mesh`` (:func:`inference.sharding.mesh_for`) the chain axis is split
     over its devices. ``trace``: the model's trace if the caller has one
-    (:func:`ppl.tracing.trace_model`), to save running the model again.
+    (:func:`ppl.tracing.trace_model`), to save running the model again. ``init_params``:
+    constrained starting values (see :mod:`inference.starting_points`). ``checkpoint``: a
+    file to write the state and draws to every ``checkpoint_every`` loop steps (default:
+    every chunk, a twentieth of the run); if it exists it is resumed from (it must come from
+    the same call: same method, counts, key and data).
     """
-    pot = (make_potential(model, *args, **kwargs) if trace is None
-           else potential_from_trace(model, tuple(args), dict(kwargs), trace))
-    stochastic = getattr(method, "stochastic_gradients", False)
-    label = type(method).__name__
-    updates = 20
+    if checkpoint is None and checkpoint_every is not None:
+        raise ValueError("checkpoint_every is given but checkpoint is not: pass "
+                         "checkpoint='run.npz' (the file to write) as well.")
+    if checkpoint_every is not None:
+        checkpoint_every = positive_int("checkpoint_every", checkpoint_every)
+    pot = _potential(model, args, kwargs, trace)
     data = (tuple(args), dict(kwargs))
-    try:
-        return _run(method, pot, data, split_arguments(data), key, num_warmup, num_samples,
-                    num_chains, progress, mesh, stochastic, label, updates, tries, radius)
-    except CONCRETE_ERRORS:
-        # The model reads its data's values in Python: compile with the data baked in (a
-        # new program for new data, as NumPyro does).
-        return _run(method, pot, data, _all_static(data), key, num_warmup, num_samples,
-                    num_chains, progress, mesh, stochastic, label, updates, tries, radius)
+    given = None if init_params is None else unconstrained_starts(pot, init_params, num_chains)
+    job = _Job(method, pot, data, num_warmup, num_chains, mesh)
+    return _with_fallback(lambda split: job.run(
+        split, key, num_samples, progress, tries, radius, given, checkpoint, checkpoint_every),
+        data)
 
 
-def _run(method, pot, data, split, key, W, S, C, progress, mesh, stochastic, label, updates,
-         tries, radius):
-    dyn, rebuild = split
-    static = static_part(data) if dyn else ("constants", data)
-    init_key, run_key = jax.random.split(key)
+def continue_chains(
+    method: Any,
+    model: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    state: ckpt.ChainState,
+    num_samples: int,
+    key: jax.Array | None = None,
+    progress: bool = True,
+    mesh: Any = None,
+) -> ChainOutputs:
+    """``num_samples`` more draws of the chains in ``state`` (a run's ``.state``).
 
-    def make_sampler(p: Potential) -> tuple[Sampler, Callable]:
+    No warmup: the chains go on from their last positions with the step size and mass
+    matrix warmup chose. With ``key=None`` they go on with the run's own keys (step ``t``
+    uses ``fold_in(run_key, t)``), so the draws are those a longer run would have made; a
+    ``key`` gives other draws (step ``t`` then uses ``fold_in(key, t)``).
+    """
+    num_samples = positive_int("num_samples", num_samples)
+    pot = _potential(model, args, kwargs, None)
+    data = (tuple(args), dict(kwargs))
+    job = _Job(method, pot, data, state.num_warmup, state.num_chains, mesh)
+    return _with_fallback(lambda split: job.extend(split, state, num_samples, key, progress),
+                          data)
+
+
+class _Job:
+    """The parts of a run that do not change: the model's potential, method, counts, mesh."""
+
+    def __init__(self, method, pot, data, W, C, mesh):
+        self.method, self.pot, self.data, self.W, self.C, self.mesh = method, pot, data, W, C, mesh
+        self.stochastic = getattr(method, "stochastic_gradients", False)
+        self.label = type(method).__name__
+
+    # -- the programs ------------------------------------------------------------------
+    def _sampler(self, p: Potential, S: int) -> tuple[Sampler, Callable]:
         """The method's sampler on ``p``, and the density initial points are checked on."""
-        if stochastic:
+        if self.stochastic:
             # The kernel differentiates a fresh minibatch each step; initial points are
             # checked on one fixed minibatch.
             fixed = jax.random.key(0)
-            return method.sampler(p.logdensity_estimate, W, S), \
+            return self.method.sampler(p.logdensity_estimate, self.W, S), \
                 lambda x: p.logdensity_estimate(x, fixed)
-        return method.sampler(p.logdensity_fn, W, S), p.logdensity_fn
+        return self.method.sampler(p.logdensity_fn, self.W, S), p.logdensity_fn
 
-    # On the host: the loop's length (it decides the chunking), tuning and postfix.
-    host = make_sampler(pot)[0]
-    num_steps, skip = host.num_steps, host.loop_warmup
-    n_chunks, chunk = chunk_sizes(max(num_steps, 1), updates)
-    padded = n_chunks * chunk > num_steps
+    def _prepare(self, split, S):
+        dyn, rebuild = split
+        self.dyn, self.rebuild = dyn, rebuild
+        self.static = static_part(self.data) if dyn else ("constants", self.data)
+        self.host = self._sampler(self.pot, S)[0]
+        self.skip = self.host.loop_warmup
+        self.key_parts = (self.pot.model, self.method, self.static, self.W, S, self.C, self.mesh)
 
-    def traced(dyn) -> tuple[Potential, Sampler, Callable]:
-        p = _with_data(pot, rebuild(dyn))
-        return (p, *make_sampler(p))
+    def _traced(self, dyn, S):
+        p = _with_data(self.pot, self.rebuild(dyn))
+        return (p, *self._sampler(p, S))
 
-    # Everything a program uses must be an argument or part of its cache key: nothing
-    # per-call (keys, data) may be closed over.
-    def draw(p, sampler, state, t, run_key):
+    def _draw(self, p, sampler, state, t, run_key):
         """One loop step: the new state, constrained draws and stats of every chain."""
         state, position, stats = sampler.step(state, t, jax.random.fold_in(run_key, t))
         constrain = jax.vmap(p.to_constrained)
-        if skip == 0:
+        if self.skip == 0:
             return state, (constrain(position), stats)
         # Constraining runs the model forward (deterministic sites): skip it during warmup,
         # whose draws are discarded (slot 0 is overwritten by the first kept draw).
         blank = lambda x: jax.tree.map(  # noqa: E731
             lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(constrain, x))
-        values = jax.lax.cond(t >= skip, constrain, blank, position)
+        values = jax.lax.cond(t >= self.skip, constrain, blank, position)
         return state, (values, stats)
 
-    def init_program(init_key, run_key, dyn):
-        p, sampler, check = traced(dyn)
-        keys = jax.random.split(init_key, max(len(p.sites), 1))
-        candidates = {
-            name: jax.random.uniform(k, (C, tries) + shape, minval=-radius, maxval=radius)
-            for k, (name, shape) in zip(keys, p.sites.items())
-        }
-        positions, found = select_initial(check, candidates)
-        positions = constrain_leading(positions, mesh, C)
-        start = lambda x: sampler.init(run_key, x)  # noqa: E731
-        blank = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(start, positions))
-        state = jax.lax.cond(jnp.all(found), start, lambda _: blank, positions)
-        # Output buffers, (chains, draws, ...), written in place by the chunks.
-        shapes = jax.eval_shape(lambda st, t, k: draw(p, sampler, st, t, k), state,
+    def _buffers(self, p, sampler, state, run_key, S):
+        """Output buffers, (chains, draws, ...), written in place by the chunks."""
+        shapes = jax.eval_shape(lambda st, t, k: self._draw(p, sampler, st, t, k), state,
                                 jnp.zeros((), jnp.int32), run_key)[1]
-        buffers = jax.tree.map(
-            lambda s: jnp.zeros((C, S) + s.shape[1:], s.dtype), shapes)
-        return constrain_leading((state, buffers), mesh, C), found, candidates
+        return jax.tree.map(lambda s: jnp.zeros((self.C, S) + s.shape[1:], s.dtype), shapes)
 
-    def chunk_program(carry, t0, run_key, dyn):
-        p, sampler, _ = traced(dyn)
+    def _init_program(self, S, tries, radius):
+        C, mesh = self.C, self.mesh
 
-        def one(carry, t):
-            state, buffers = carry
-            state, out = draw(p, sampler, state, t, run_key)
-            # Warmup steps write slot 0, which the first kept draw overwrites.
-            slot = jnp.maximum(t - skip, 0)
-            put = lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, slot, 1)  # noqa: E731
-            return state, jax.tree.map(put, buffers, out)
+        def init_program(init_key, run_key, dyn, given):
+            p, sampler, check = self._traced(dyn, S)
+            if given is None:
+                keys = jax.random.split(init_key, max(len(p.sites), 1))
+                candidates = {
+                    name: jax.random.uniform(k, (C, tries) + shape, minval=-radius, maxval=radius)
+                    for k, (name, shape) in zip(keys, p.sites.items())
+                }
+            else:
+                candidates = jax.tree.map(lambda x: x[:, None], given)
+            positions, found = select_initial(check, candidates)
+            positions = constrain_leading(positions, mesh, C)
+            start = lambda x: sampler.init(run_key, x)  # noqa: E731
+            blank = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                 jax.eval_shape(start, positions))
+            state = jax.lax.cond(jnp.all(found), start, lambda _: blank, positions)
+            buffers = self._buffers(p, sampler, state, run_key, S)
+            return constrain_leading((state, buffers), mesh, C), found, candidates
 
-        def body(carry, i):
-            t = t0 + i
-            if padded:  # steps past the end leave everything untouched
-                return jax.lax.cond(t < num_steps, one, lambda c, _: c, carry, t), None
-            return one(carry, t), None
+        return init_program
 
-        carry = jax.lax.scan(body, carry, jnp.arange(chunk, dtype=jnp.int32))[0]
-        return constrain_leading(carry, mesh, C)
+    def _chunk_program(self, chunk, padded, S):
+        C, mesh, skip = self.C, self.mesh, self.skip
 
-    key_parts = (pot.model, method, static, W, S, C, tries, radius, mesh)
-    t_start = time.perf_counter()
-    t0 = jnp.zeros((), jnp.int32)
-    with compiling(label, progress) as programs:
-        init_c = programs.compile(jax.jit(init_program), (init_key, run_key, dyn),
-                                  key=("init", *key_parts))
-        carry, found, candidates = init_c(init_key, run_key, dyn)
-        chunk_c = programs.compile(jax.jit(chunk_program, donate_argnums=0),
-                                   (carry, t0, run_key, dyn),
-                                   key=("chunk", chunk, *key_parts), key_args=(run_key, dyn))
-    compile_s = programs.seconds
-    found = np.asarray(gather(found))
-    if not bool(np.all(found)):
-        raise_no_valid_initial(pot, gather(candidates), found, radius)
+        def chunk_program(carry, t0, base, end, run_key, dyn):
+            p, sampler, _ = self._traced(dyn, S)
 
-    bar = ProgressBar(host.init_warmup + num_steps, desc=label, enabled=progress,
-                      phases=[("warmup", host.init_warmup + skip), ("sample", S)])
-    try:
-        bar.update(host.init_warmup, {})
-        for c in range(n_chunks):
-            carry = chunk_c(carry, jnp.asarray(c * chunk, jnp.int32), run_key, dyn)
-            if bar.enabled:
-                extra = host.postfix(carry[0]) if host.postfix is not None else {}
-                bar.update(host.init_warmup + min((c + 1) * chunk, num_steps),
-                           jax.device_get(extra))
-        jax.block_until_ready(carry)
-    finally:
-        bar.close()
-    run_s = time.perf_counter() - t_start - compile_s
-    state, (samples, stats) = carry
-    # On several hosts each process holds its devices' chains: fetched once, here.
-    samples, stats, tuning = gather((samples, stats, host.tuning(state)))
-    return samples, stats, tuning, {"compile": compile_s, "run": run_s,
-                                    "devices": describe(mesh), "cache": programs.cache}
+            def one(carry, t):
+                state, buffers = carry
+                state, out = self._draw(p, sampler, state, t, run_key)
+                # Slot t - base; warmup steps write slot 0, which the first kept draw
+                # overwrites.
+                slot = jnp.maximum(t - jnp.maximum(base, skip), 0)
+                put = lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, slot, 1)  # noqa: E731
+                return state, jax.tree.map(put, buffers, out)
+
+            def body(carry, i):
+                t = t0 + i
+                if padded:  # steps past the end leave everything untouched
+                    return jax.lax.cond(t < end, one, lambda c, _: c, carry, t), None
+                return one(carry, t), None
+
+            carry = jax.lax.scan(body, carry, jnp.arange(chunk, dtype=jnp.int32))[0]
+            return constrain_leading(carry, mesh, C)
+
+        return chunk_program
+
+    def _compile_chunk(self, programs, carry, run_key, steps, S):
+        chunk = chunk_sizes(max(steps, 1), UPDATES)[1]
+        padded = -(-steps // chunk) * chunk > steps if steps else False
+        t0 = jnp.zeros((), jnp.int32)
+        program = programs.compile(
+            jax.jit(self._chunk_program(chunk, padded, S), donate_argnums=0),
+            (carry, t0, t0, t0, run_key, self.dyn),
+            key=("chunk", chunk, padded, self.skip, *self.key_parts),
+            key_args=(run_key, self.dyn))
+        return program, chunk
+
+    # -- the host loop -----------------------------------------------------------------
+    def _loop(self, chunk_c, carry, t, end, chunk, base, run_key, bar, offset, save):
+        """Chunks from loop step ``t`` to ``end``: ``(carry, step reached, interrupted)``."""
+        latest = (carry, t)
+        as_int = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
+        try:
+            while latest[1] < end:
+                carry, t = latest
+                latest = (chunk_c(carry, as_int(t), as_int(base), as_int(end), run_key,
+                                  self.dyn), min(t + chunk, end))
+                # Wait for the chunk: a Ctrl-C then stops after it, not after the whole run.
+                jax.block_until_ready(latest[0])
+                if save is not None:
+                    save(*latest)
+                extra = (self.host.postfix(latest[0][0])
+                         if bar.enabled and self.host.postfix is not None else {})
+                bar.update(offset + latest[1], jax.device_get(extra))
+        except KeyboardInterrupt:
+            carry, t = latest
+            if any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(carry)):
+                raise  # the interrupted call had already taken its input
+            jax.block_until_ready(carry)
+            return carry, t, True
+        finally:
+            bar.close()
+        return latest[0], latest[1], False
+
+    def _state(self, carry_state, run_key, t, draws, requested) -> ckpt.ChainState:
+        leaves, treedef = jax.tree_util.tree_flatten(gather(carry_state))
+        return ckpt.ChainState(
+            [ckpt.to_host(x) for x in leaves], treedef, ckpt.to_host(jax.random.key_data(run_key)),
+            str(jax.random.key_impl(run_key)), int(t), self.W, self.C, int(draws), int(requested))
+
+    def _outputs(self, carry, run_key, t, S, programs, t_start, interrupted, requested,
+                 state_offset=0):
+        run_s = time.perf_counter() - t_start - programs.seconds
+        state, (samples, stats) = carry
+        draws = min(max(t - max(self.skip, state_offset), 0), S)
+        samples, stats, tuning = gather((samples, stats, self.host.tuning(state)))
+        if draws < S:
+            samples, stats = jax.tree.map(lambda x: x[:, :draws], (samples, stats))
+        timing = {"compile": programs.seconds, "run": run_s, "devices": describe(self.mesh),
+                  "cache": programs.cache}
+        chain_state = self._state(state, run_key, t, draws, requested)
+        if interrupted:
+            warnings.warn(
+                f"{self.label}: interrupted (KeyboardInterrupt) after {draws} of {requested} "
+                f"draws per chain; returning those. result.extend({requested - draws}) "
+                "continues the chains.", UserWarning, stacklevel=5)
+        return ChainOutputs(samples, stats, tuning, timing, chain_state)
+
+    # -- a run from the start (or from its checkpoint) ---------------------------------
+    def run(self, split, key, S, progress, tries, radius, given, path, every):
+        self._prepare(split, S)
+        init_key, run_key = jax.random.split(key)
+        num_steps = self.host.num_steps
+        init_program = self._init_program(S, tries, radius)
+        args = (init_key, run_key, self.dyn, given)
+        fingerprint = self._fingerprint(key, S, tries, radius, given) if path else None
+        t_start = time.perf_counter()
+        with compiling(self.label, progress) as programs:
+            restored = self._restore(path, fingerprint, init_program, args) if path else None
+            if restored is None:
+                init_c = programs.compile(
+                    jax.jit(init_program), args,
+                    key=("init", tries, radius, given is not None, *self.key_parts))
+                carry, found, candidates = init_c(*args)
+                t = 0
+            else:
+                carry, t = restored
+            chunk_c, chunk = self._compile_chunk(programs, carry, run_key, num_steps, S)
+        if restored is None:
+            found = np.asarray(gather(found))
+            if not bool(np.all(found)):
+                if given is not None:
+                    raise_nonfinite_start(self.pot, given, found)
+                raise_no_valid_initial(self.pot, gather(candidates), found, radius)
+
+        save = None
+        if path is not None:
+            every = every or chunk
+            last = [t]
+
+            def save(carry, t, force=False):
+                if force or t - last[0] >= every or t == num_steps:
+                    self._write(path, fingerprint, carry, t)
+                    last[0] = t
+
+        init_warmup = self.host.init_warmup
+        bar = ProgressBar(init_warmup + num_steps, desc=self.label, enabled=progress,
+                          phases=[("warmup", init_warmup + self.skip), ("sample", S)])
+        bar.update(init_warmup + t, {})
+        carry, t, interrupted = self._loop(chunk_c, carry, t, num_steps, chunk, self.skip,
+                                           run_key, bar, init_warmup, save)
+        if interrupted and save is not None:
+            save(carry, t, force=True)
+        if interrupted and t <= self.skip:
+            raise KeyboardInterrupt(
+                f"{self.label} was interrupted during warmup (step {t} of {self.skip}): no "
+                "draws yet" + (f"; the checkpoint {os.fspath(path)!r} resumes it" if path
+                               else ""))
+        return self._outputs(carry, run_key, t, S, programs, t_start, interrupted, S)
+
+    def _fingerprint(self, key, S, tries, radius, given) -> dict:
+        return {"method": repr(self.method), "num_warmup": self.W, "num_samples": S,
+                "num_chains": self.C, "key": ckpt.to_host(jax.random.key_data(key)).tolist(),
+                "tries": tries, "radius": radius, "data": ckpt.data_digest(self.data),
+                "init_params": None if given is None else ckpt.data_digest(given),
+                "sites": {n: list(s) for n, s in self.pot.sites.items()},
+                "x64": bool(jax.config.jax_enable_x64)}
+
+    def _write(self, path, fingerprint, carry, t) -> None:
+        leaves = jax.tree.leaves(gather(carry))
+        ckpt.write_archive(path, {f"leaf{i}": ckpt.to_host(x) for i, x in enumerate(leaves)},
+                           {"kind": "checkpoint", "run": fingerprint, "t": int(t),
+                            "num_leaves": len(leaves)})
+
+    def _restore(self, path, fingerprint, init_program, args):
+        """The carry and loop step stored in the checkpoint ``path``, or None if no file."""
+        if not os.path.exists(path):
+            return None
+        arrays, meta = ckpt.read_archive(path)
+        if meta.get("kind") != "checkpoint":
+            raise ValueError(f"checkpoint={os.fspath(path)!r} is a saved Result, not a "
+                             "checkpoint; pass another path (inference.load_result reads it).")
+        stored = meta["run"]
+        differ = sorted(k for k in set(stored) | set(fingerprint)
+                        if stored.get(k) != fingerprint.get(k))
+        if differ:
+            raise ValueError(
+                f"checkpoint {os.fspath(path)!r} was written by a different run: it differs "
+                f"in {', '.join(differ)} (file: "
+                + ", ".join(f"{k}={stored.get(k)!r}" for k in differ if k != "key") + "). "
+                "Call infer with the same settings to resume it, or delete the file (or "
+                "pass another checkpoint path) to start afresh.")
+        like = jax.eval_shape(init_program, *args)[0]
+        carry = _unflatten(like, [arrays[f"leaf{i}"] for i in range(meta["num_leaves"])], path)
+        return put_leading(carry, self.mesh, self.C), int(meta["t"])
+
+    # -- more draws from where a run stopped -------------------------------------------
+    def extend(self, split, state, n, key, progress):
+        self._prepare(split, n)
+        if state.t < self.skip:
+            raise ValueError("this state is from a run stopped during warmup; it cannot be "
+                             "continued without warmup.")
+        run_key = state.run_key() if key is None else key
+        p, sampler, _ = self._traced(self.dyn, n)
+        like = state.treedef
+        if like is None:  # loaded from a file: the structure comes from the model
+            init_key = jax.random.key(0)
+            init_program = self._init_program(n, 1, 2.0)
+            like = jax.eval_shape(init_program, init_key, run_key, self.dyn, None)[0][0]
+        else:
+            like = jax.tree_util.tree_unflatten(like, state.leaves)
+        chain_state = _unflatten(like, state.leaves, "the saved state")
+        buffers = self._buffers(p, sampler, chain_state, run_key, n)
+        carry = put_leading((chain_state, buffers), self.mesh, self.C)
+        t_start = time.perf_counter()
+        with compiling(self.label, progress) as programs:
+            chunk_c, chunk = self._compile_chunk(programs, carry, run_key, n, n)
+        bar = ProgressBar(n, desc=self.label, enabled=progress, phases=[("sample", n)])
+        end = state.t + n
+        carry, t, interrupted = self._loop(chunk_c, carry, state.t, end, chunk, state.t,
+                                           run_key, bar, -state.t, None)
+        if interrupted and t == state.t:
+            raise KeyboardInterrupt(f"{self.label}: interrupted before the first new draw")
+        out = self._outputs(carry, run_key, t, n, programs, t_start, interrupted, n,
+                            state_offset=state.t)
+        out.state.draws, out.state.requested = (state.draws + out.state.draws,
+                                                state.draws + n)
+        return out
+
+
+def _unflatten(like: Any, leaves: list, where: Any) -> Any:
+    """``leaves`` in the structure of ``like`` (shapes and dtypes checked)."""
+    expected, treedef = jax.tree_util.tree_flatten(like)
+    ok = len(expected) == len(leaves) and all(
+        tuple(e.shape) == tuple(np.shape(v)) for e, v in zip(expected, leaves))
+    if not ok:
+        raise ValueError(
+            f"{where!s} does not fit this model and method: it holds {len(leaves)} arrays of "
+            f"shapes {[tuple(np.shape(v)) for v in leaves][:6]}..., the sampler's state has "
+            f"{len(expected)} of shapes {[tuple(e.shape) for e in expected][:6]}.... Pass the "
+            "model, data and method the state was made with.")
+    out = []
+    for e, v in zip(expected, leaves):
+        if jax.dtypes.issubdtype(e.dtype, jax.dtypes.prng_key):
+            out.append(jax.random.wrap_key_data(jnp.asarray(v)))
+        else:
+            out.append(jnp.asarray(v, e.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)

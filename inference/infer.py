@@ -7,7 +7,8 @@ from typing import Any, Callable
 import jax
 
 from inference.arguments import as_arrays, as_key, positive_int
-from inference.method import Method, all_methods
+from inference.diagnostics import warn_all
+from inference.method import ChainMethod, Method, all_methods
 from inference.nuts import NUTS
 from inference.result import Result
 from ppl.errors import ModelError
@@ -43,6 +44,10 @@ def infer(
     key: jax.Array | int | None = None,
     progress: bool = True,
     devices: Any = None,
+    init_params: dict | None = None,
+    checkpoint: Any = None,
+    checkpoint_every: int | None = None,
+    diagnostics: bool = True,
     **kwargs: Any,
 ) -> Result:
     """Draw from the posterior of ``model(*args, **kwargs)`` with ``method``.
@@ -65,6 +70,26 @@ def infer(
             ``ValueError``). The same key gives the same draws on any number of devices.
             ``result.timing["devices"]`` says how many ran. Methods that run on the model
             (SMC, NeuTra) split their chains too; VI runs on one device.
+        init_params: MCMC methods (``inference.ChainMethod``: NUTS, MALA, ULA, Underdamped,
+            RandomizedMidpoint, SGLD, SGHMC) only: ``{site: value}`` starting every chain at
+            these constrained values (a site's shape, or ``(num_chains, *shape)`` for one
+            per chain) instead of Stan's random points; every latent site needs one.
+        checkpoint, checkpoint_every: MCMC methods only: a file (``.npz``) where the chains'
+            state and draws so far are written every ``checkpoint_every`` steps (warmup
+            and sampling; default: every twentieth of the run) and at the end. If the file
+            exists, the run resumes from it: after a crash, the same call again finishes
+            the run with the same draws as an uninterrupted one. It must come from the same
+            call (method, counts, key, data), else a ``ValueError`` says what differs.
+        diagnostics: warn (one line each, :class:`inference.diagnostics.DiagnosticWarning`)
+            about what ``result.diagnose()`` finds: R-hat > 1.01, bulk ESS < 100 per chain,
+            divergences, maximum tree depth hits, E-BFMI < 0.3. ``False`` silences them
+            (``progress=False`` does not).
+
+    Ctrl-C (``KeyboardInterrupt``) during the draws of an MCMC method stops at the end of the
+    chunk in flight (at most a twentieth of the run) and *returns* a Result with the draws
+    made so far, with a warning saying how many; ``result.extend(n)`` continues those chains.
+    Interrupted during warmup, or by a method that is not MCMC, the ``KeyboardInterrupt``
+    propagates.
 
     Returns:
         A :class:`Result` with ``samples`` of shape (chains, draws, *site_shape) for every
@@ -137,18 +162,28 @@ def infer(
             + ", ".join(capable) + "."
         )
 
-    samples, stats, tuning, timing = method.run(
+    chain_options = {"init_params": init_params, "checkpoint": checkpoint,
+                     "checkpoint_every": checkpoint_every}
+    given = {k: v for k, v in chain_options.items() if v is not None}
+    if given and not isinstance(method, ChainMethod):
+        raise TypeError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} accepted by MCMC methods "
+            f"(inference.ChainMethod: NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, "
+            f"SGHMC), not by {type(method).__name__}; drop {'it' if len(given) == 1 else 'them'} "
+            "or use one of those methods.")
+    outputs = method.run(
         model, tuple(args), dict(kwargs), key=key, num_samples=num_samples,
         num_warmup=num_warmup, num_chains=num_chains, progress=progress, devices=devices,
-        trace=trace if model is traced_model else None,
+        trace=trace if model is traced_model else None, **given,
     )
+    samples, stats, tuning, timing = outputs
     observed = {
         name: site["value"]
         for name, site in trace.items()
         if site["type"] == "sample" and site["is_observed"] and not name.startswith("_")
         and site["fn"].__class__.__name__ != "Unit"
     }
-    return Result(
+    result = Result(
         samples=dict(samples),
         stats=stats,
         method=method,
@@ -158,4 +193,8 @@ def infer(
         model=model,
         model_args=tuple(args),
         model_kwargs=dict(kwargs),
+        state=getattr(outputs, "state", None),
     )
+    if diagnostics:
+        warn_all(result.diagnose(), type(method).__name__)
+    return result

@@ -43,7 +43,7 @@ from typing import Any, Callable, ClassVar
 
 import jax
 
-from inference.chains import run_chains
+from inference.chains import continue_chains, run_chains
 from inference.sharding import mesh_for
 
 __all__ = ["Method", "ChainMethod", "all_methods"]
@@ -88,7 +88,15 @@ class Method(abc.ABC):
 
 
 class ChainMethod(Method):
-    """An MCMC method given by its :class:`inference.chains.Sampler`."""
+    """An MCMC method given by its :class:`inference.chains.Sampler`.
+
+    Beyond :class:`Method` it takes ``init_params`` (constrained starting values per site),
+    ``checkpoint``/``checkpoint_every`` (a file the run can be resumed from), and its
+    chains can be continued (:meth:`extend`, behind ``Result.extend``).
+    """
+
+    #: Its draws are Markov chains: ``Result.diagnose`` checks R-hat and ESS.
+    markov_chains: ClassVar[bool] = True
 
     @abc.abstractmethod
     def sampler(self, logdensity_fn: Callable, num_warmup: int, num_samples: int) -> Any:
@@ -97,11 +105,23 @@ class ChainMethod(Method):
 
     def run(self, model: Callable, args: tuple, kwargs: dict, *, key: jax.Array,
             num_samples: int, num_warmup: int, num_chains: int, progress: bool = True,
-            devices: Any = None, trace: dict | None = None) -> Outputs:
+            devices: Any = None, trace: dict | None = None, init_params: dict | None = None,
+            checkpoint: Any = None, checkpoint_every: int | None = None) -> Outputs:
         mesh = mesh_for(devices, num_chains, what="chains", owner="infer")
         return run_chains(self, model, tuple(args), dict(kwargs), key=key,
                           num_warmup=num_warmup, num_samples=num_samples,
-                          num_chains=num_chains, progress=progress, mesh=mesh, trace=trace)
+                          num_chains=num_chains, progress=progress, mesh=mesh, trace=trace,
+                          init_params=init_params, checkpoint=checkpoint,
+                          checkpoint_every=checkpoint_every)
+
+    def extend(self, model: Callable, args: tuple, kwargs: dict, *, state: Any,
+               num_samples: int, key: jax.Array | None = None, progress: bool = True,
+               devices: Any = None) -> Outputs:
+        """``num_samples`` more draws of the chains in ``state`` (a run's final state), with
+        no new warmup (see :func:`inference.chains.continue_chains`)."""
+        mesh = mesh_for(devices, state.num_chains, what="chains", owner="extend")
+        return continue_chains(self, model, tuple(args), dict(kwargs), state=state,
+                               num_samples=num_samples, key=key, progress=progress, mesh=mesh)
 
 
 def all_methods() -> list[type]:

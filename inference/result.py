@@ -1,7 +1,13 @@
-"""What ``inference.infer`` returns: draws, sampler statistics, and their ArviZ view."""
+"""What ``inference.infer`` returns: draws, sampler statistics, and their ArviZ view.
+
+A Result of an MCMC method also keeps where its chains stopped (``state``), so that
+``result.extend(n)`` draws more without a new warmup; ``result.save(path)`` writes it all
+(no pickled code) and :func:`load_result` reads it back.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -9,6 +15,7 @@ import jax
 import numpy as np
 from numpyro.infer import log_likelihood as numpyro_log_likelihood
 
+from inference import checkpoint as ckpt
 from inference.arviz_data import _arviz, from_groups
 
 
@@ -24,6 +31,7 @@ class Result:
         observed: observed site name -> data.
         tuning: what warmup chose (e.g. step size and inverse mass matrix per chain).
         timing: seconds spent compiling and running.
+        state: where the chains stopped (MCMC methods; opaque, used by :meth:`extend`).
 
     Example:
         >>> import numpyro.distributions as dist, ppl, inference
@@ -44,6 +52,7 @@ class Result:
     model: Callable | None = field(default=None, repr=False)
     model_args: tuple = field(default=(), repr=False)
     model_kwargs: dict = field(default_factory=dict, repr=False)
+    state: Any = field(default=None, repr=False)
 
     @property
     def num_chains(self) -> int:
@@ -80,3 +89,148 @@ class Result:
     def summary(self, **kwargs: Any):
         """ArviZ's summary table (mean, sd, HDI, MCSE, ESS, R-hat) of the posterior draws."""
         return _arviz().summary(self.to_arviz(), **kwargs)
+
+    def diagnose(self) -> list[str]:
+        """Problems in the draws, one message each (empty if none): R-hat > 1.01, bulk ESS
+        < 100 per chain, divergences, maximum tree depth hits, E-BFMI < 0.3 (see
+        :mod:`inference.diagnostics`). ``infer`` warns them unless ``diagnostics=False``.
+
+        Example:
+            >>> import numpyro.distributions as dist, ppl, inference
+            >>> def model():
+            ...     ppl.sample("x", dist.Normal(0.0, 1.0))
+            >>> r = inference.infer(model, num_samples=20, num_warmup=50, num_chains=2,
+            ...                     progress=False, diagnostics=False)
+            >>> any(m.startswith("bulk ESS") for m in r.diagnose())
+            True
+        """
+        from inference.diagnostics import diagnose
+
+        return diagnose(self)
+
+    def extend(self, num_samples: int, *, key: Any = None, progress: bool = True,
+               devices: Any = None, diagnostics: bool = True) -> "Result":
+        """A new Result with ``num_samples`` more draws per chain appended, continuing the
+        same chains from where they stopped with the step size and mass matrix warmup
+        chose (no new warmup). MCMC methods (``inference.ChainMethod``) only.
+
+        With ``key=None`` the chains go on with the run's own keys: ``r.extend(n)`` has,
+        bit for bit, the draws of a run ``n`` draws longer with the same key, and
+        ``r.extend(a).extend(b)`` equals ``r.extend(a + b)``. A ``key`` (int or
+        ``jax.random.key``) draws other continuations; the same key gives the same ones.
+        A Result from :func:`load_result` needs its model (passed to ``load_result``).
+
+        Example:
+            >>> import numpyro.distributions as dist, ppl, inference
+            >>> def model():
+            ...     ppl.sample("x", dist.Normal(0.0, 1.0))
+            >>> r = inference.infer(model, num_samples=100, num_warmup=100, num_chains=2,
+            ...                     progress=False, diagnostics=False)
+            >>> r.extend(50, progress=False, diagnostics=False).samples["x"].shape
+            (2, 150)
+        """
+        from inference.arguments import as_key, positive_int
+        from inference.diagnostics import warn_all
+
+        num_samples = positive_int("num_samples", num_samples)
+        if self.state is None or not hasattr(self.method, "extend"):
+            raise ValueError(
+                f"this Result (method {type(self.method).__name__}) has no chain state to "
+                "continue: extend works for MCMC methods (NUTS, MALA, ...), on a Result "
+                "from infer, from result.extend, or from inference.load_result.")
+        if self.model is None:
+            raise ValueError(
+                "this Result has no model attached (it was loaded from a file): load it with "
+                "inference.load_result(path, model, *args, **kwargs) to extend it.")
+        outputs = self.method.extend(
+            self.model, self.model_args, self.model_kwargs, state=self.state,
+            num_samples=num_samples, key=None if key is None else as_key(key),
+            progress=progress, devices=devices)
+        samples, stats, tuning, timing = outputs
+        join = lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)], axis=1)  # noqa: E731
+        result = Result(
+            samples={k: join(self.samples[k], v) for k, v in samples.items()},
+            stats={k: join(self.stats[k], v) for k, v in stats.items() if k in self.stats},
+            method=self.method, observed=self.observed, tuning=dict(self.tuning),
+            timing=timing, model=self.model, model_args=self.model_args,
+            model_kwargs=self.model_kwargs, state=outputs.state)
+        if diagnostics:
+            warn_all(result.diagnose(), type(self.method).__name__)
+        return result
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the draws, statistics, tuning, timing, observed data, the method's settings
+        and the chains' state to ``path`` (a NumPy ``.npz`` archive; no pickled code).
+
+        :func:`load_result` reads it back; the model is passed again there if the result is
+        to be extended or to compute log likelihoods.
+
+        Example:
+            >>> import os, tempfile, numpyro.distributions as dist, ppl, inference
+            >>> def model():
+            ...     ppl.sample("x", dist.Normal(0.0, 1.0))
+            >>> r = inference.infer(model, num_samples=50, num_warmup=50, num_chains=2,
+            ...                     progress=False, diagnostics=False)
+            >>> path = os.path.join(tempfile.mkdtemp(), "r.npz")
+            >>> r.save(path)
+            >>> (inference.load_result(path).samples["x"] == r.samples["x"]).all()
+            True
+        """
+        arrays, meta = {}, {"kind": "result"}
+        groups = {"samples": self.samples, "stats": self.stats, "observed": self.observed}
+        for group, values in groups.items():
+            meta[group] = list(values)
+            arrays.update({f"{group}/{k}": ckpt.to_host(v) for k, v in values.items()})
+        tuning = {k: v for k, v in self.tuning.items() if v is not None}
+        meta["tuning"] = list(tuning)
+        arrays.update({f"tuning/{k}": ckpt.to_host(v) for k, v in tuning.items()})
+        meta["timing"] = {k: v for k, v in self.timing.items()
+                          if isinstance(v, (int, float, str, bool))}
+        meta["method"], method_arrays = ckpt.method_to_json(self.method)
+        arrays.update(method_arrays)
+        if self.state is not None:
+            meta["state"] = self.state.meta()
+            arrays.update(self.state.arrays("state/"))
+        ckpt.write_archive(path, arrays, meta)
+
+
+def load_result(path: str | os.PathLike, model: Callable | None = None, *args: Any,
+                **kwargs: Any) -> Result:
+    """The :class:`Result` that ``result.save(path)`` wrote.
+
+    ``model`` and its arguments (the data, as passed to ``infer``) are attached when given:
+    then ``extend`` and ``log_likelihood`` work as on the original result. The method is
+    rebuilt from its saved settings (its class must be importable).
+
+    Example:
+        >>> import os, tempfile, numpyro.distributions as dist, ppl, inference
+        >>> def model():
+        ...     ppl.sample("x", dist.Normal(0.0, 1.0))
+        >>> r = inference.infer(model, num_samples=50, num_warmup=50, num_chains=2,
+        ...                     progress=False, diagnostics=False)
+        >>> path = os.path.join(tempfile.mkdtemp(), "r.npz")
+        >>> r.save(path)
+        >>> load_result(path, model).extend(10, progress=False).num_draws
+        60
+    """
+    arrays, meta = ckpt.read_archive(path)
+    if meta.get("kind") != "result":
+        raise ValueError(f"{os.fspath(path)!r} is a {meta.get('kind')}, not a saved Result: "
+                         "a checkpoint is resumed by calling infer again with the same "
+                         "checkpoint= path.")
+    group = {g: {k: arrays[f"{g}/{k}"] for k in meta[g]}
+             for g in ("samples", "stats", "observed", "tuning")}
+    state = (ckpt.ChainState.from_meta(meta["state"], arrays, "state/")
+             if "state" in meta else None)
+    if model is None and (args or kwargs):
+        raise TypeError("load_result got model arguments but no model: pass "
+                        "load_result(path, model, *args, **kwargs).")
+    if model is not None:
+        from inference.arguments import as_arrays
+
+        args, kwargs = as_arrays(tuple(args)), as_arrays(dict(kwargs))
+    return Result(samples=group["samples"], stats=group["stats"],
+                  method=ckpt.method_from_json(meta.get("method"), arrays),
+                  observed=group["observed"], tuning=group["tuning"],
+                  timing=meta.get("timing", {}), model=model, model_args=tuple(args),
+                  model_kwargs=dict(kwargs), state=state)

@@ -1,0 +1,181 @@
+"""Where MCMC chains stand, on disk: checkpoints of a running ``infer`` and saved Results.
+
+A :class:`ChainState` is what :func:`inference.chains.run_chains` leaves after a run: the
+sampler's state (positions, step sizes, mass matrices, ...) as host arrays, the run's key
+and the loop step reached. ``Result.extend`` continues from it; ``Result.save`` writes it.
+
+Files are NumPy ``.npz`` archives of plain arrays plus one JSON string: no pickled
+functions or objects, so a file does not depend on the model's code being importable. The
+structure of the sampler's state (its pytree) is not stored: it is rebuilt from the model
+and the method when the state is used again, and the stored arrays are checked against it.
+
+Writes are atomic (a temporary file renamed over the old one), so a crash while writing
+leaves the previous checkpoint whole.
+
+Example:
+    >>> import os, tempfile, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "demo.npz")
+    >>> write_archive(path, {"a": np.arange(3)}, {"note": "demo"})
+    >>> arrays, meta = read_archive(path)
+    >>> arrays["a"].tolist(), meta["note"]
+    ([0, 1, 2], 'demo')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["ChainState", "write_archive", "read_archive", "to_host", "method_to_json",
+           "method_from_json", "data_digest"]
+
+FORMAT = 1
+
+
+@dataclass
+class ChainState:
+    """Where a run's chains stand: enough to continue them (opaque; see ``Result.extend``).
+
+    Attributes:
+        leaves: the sampler's state, flattened, as host (NumPy) arrays.
+        treedef: its pytree structure; ``None`` after loading from a file (rebuilt from the
+            model and method when the chains continue).
+        key, key_impl: the raw data and implementation name of the run's key.
+        t: the next loop step (each step's key is ``fold_in(run_key, t)``).
+        num_warmup: the warmup length the sampler was built with.
+        num_chains: chains.
+        draws: kept draws made so far; ``requested``: kept draws asked for (fewer when the
+            run was interrupted).
+    """
+
+    leaves: list
+    treedef: Any
+    key: np.ndarray
+    key_impl: str
+    t: int
+    num_warmup: int
+    num_chains: int
+    draws: int
+    requested: int
+
+    @property
+    def interrupted(self) -> bool:
+        return self.draws < self.requested
+
+    def run_key(self) -> jax.Array:
+        return jax.random.wrap_key_data(np.asarray(self.key), impl=self.key_impl)
+
+    def meta(self) -> dict:
+        return {"key_impl": self.key_impl, "t": self.t, "num_warmup": self.num_warmup,
+                "num_chains": self.num_chains, "draws": self.draws,
+                "requested": self.requested, "num_leaves": len(self.leaves)}
+
+    @classmethod
+    def from_meta(cls, meta: dict, arrays: dict, prefix: str) -> "ChainState":
+        leaves = [arrays[f"{prefix}leaf{i}"] for i in range(meta["num_leaves"])]
+        return cls(leaves, None, arrays[f"{prefix}key"], meta["key_impl"], meta["t"],
+                   meta["num_warmup"], meta["num_chains"], meta["draws"], meta["requested"])
+
+    def arrays(self, prefix: str) -> dict:
+        out = {f"{prefix}leaf{i}": x for i, x in enumerate(self.leaves)}
+        out[f"{prefix}key"] = np.asarray(self.key)
+        return out
+
+
+def to_host(x: Any) -> np.ndarray:
+    """A leaf as a NumPy array (typed PRNG keys as their raw data)."""
+    if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(x))
+    return np.asarray(x)
+
+
+def write_archive(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write ``arrays`` and the JSON-able ``meta`` to ``path`` (atomically)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    payload = {name: np.asarray(x) for name, x in arrays.items()}
+    payload["__meta__"] = np.asarray(json.dumps({"format": FORMAT, **meta}))
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **payload)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_archive(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """``(arrays, meta)`` from a file written by :func:`write_archive`."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: f[name] for name in f.files}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path!r} is not a file written by inference (result.save or a "
+                         f"checkpoint): {err}") from err
+    if "__meta__" not in arrays:
+        raise ValueError(f"{path!r} is not a file written by inference (result.save or a "
+                         "checkpoint): it has no metadata entry.")
+    meta = json.loads(str(arrays.pop("__meta__")))
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path!r} has format {meta.get('format')!r}; this version reads "
+                         f"format {FORMAT}.")
+    return arrays, meta
+
+
+def method_to_json(method: Any) -> tuple[dict | None, dict[str, np.ndarray]]:
+    """A method object as ``(json, arrays)``: its class and dataclass fields (array fields
+    go to ``arrays``). ``(None, {})`` when it cannot be written that way."""
+    if method is None or not dataclasses.is_dataclass(method):
+        return None, {}
+    fields, arrays = {}, {}
+    for f in dataclasses.fields(method):
+        value = getattr(method, f.name)
+        if value is None or isinstance(value, (bool, int, float, str)):
+            fields[f.name] = value
+        elif isinstance(value, (np.ndarray, jax.Array, np.generic)):
+            arrays[f"method/{f.name}"] = np.asarray(value)
+            fields[f.name] = {"array": f"method/{f.name}"}
+        else:
+            return None, {}
+    cls = type(method)
+    return {"module": cls.__module__, "name": cls.__qualname__, "fields": fields}, arrays
+
+
+def method_from_json(spec: dict | None, arrays: dict) -> Any:
+    """The method object :func:`method_to_json` wrote, or ``None`` if it cannot be rebuilt."""
+    if spec is None:
+        return None
+    try:
+        cls = getattr(importlib.import_module(spec["module"]), spec["name"])
+        fields = {k: (arrays[v["array"]] if isinstance(v, dict) else v)
+                  for k, v in spec["fields"].items()}
+        return cls(**fields)
+    except (ImportError, AttributeError, TypeError, ValueError, KeyError):
+        return None
+
+
+def data_digest(tree: Any) -> str:
+    """A digest of the array values and structure of ``tree`` (the data a run is conditioned
+    on), so a checkpoint is not resumed on other data."""
+    h = hashlib.sha256()
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    h.update(str(treedef).encode())
+    for x in leaves:
+        if hasattr(x, "shape") or isinstance(x, (int, float, bool, complex)):
+            a = to_host(x)
+            h.update(f"{a.shape}{a.dtype}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        else:
+            h.update(repr(x).encode())
+    return h.hexdigest()[:32]

@@ -1,0 +1,191 @@
+"""End-of-run checks of MCMC draws, as Stan and PyMC report them.
+
+:func:`diagnose` returns one message per problem found (an empty list when none):
+
+* **R-hat** above 1.01 (Vehtari et al. 2021: the larger of the rank-normalized split R-hat
+  of the draws and of their folded values ``|x - median|``): the chains disagree.
+* **Bulk ESS** below 100 per chain (rank-normalized split chains): too few effective
+  draws for reliable means and quantiles.
+* **Divergences** after warmup: the sampler missed part of the posterior.
+* **Maximum tree depth** reached (NUTS): the trajectories were cut short.
+* **E-BFMI** below 0.3 in a chain (HMC/NUTS energies): momentum resampling explores the
+  energy levels poorly (heavy tails, funnels).
+
+R-hat and ESS use NumPyro's ``split_gelman_rubin`` and ``effective_sample_size`` on the
+rank-normalized draws; they are checked for methods whose draws are Markov chains
+(``method.markov_chains``), the others (divergences, ...) wherever the statistic exists.
+``inference.infer`` warns each message once (a :class:`DiagnosticWarning`) unless called
+with ``diagnostics=False``.
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> good = {"x": rng.normal(size=(4, 500))}
+    >>> check_draws(good, {}, num_chains=4)
+    []
+    >>> stuck = {"x": rng.normal(size=(4, 500)) + np.arange(4)[:, None]}
+    >>> check_draws(stuck, {}, num_chains=4)[0].startswith("R-hat")
+    True
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+from scipy import stats as scipy_stats
+
+__all__ = ["DiagnosticWarning", "diagnose", "check_draws", "rank_normalized_rhat",
+           "bulk_ess", "ebfmi", "warn_all"]
+
+RHAT_MAX = 1.01
+ESS_PER_CHAIN_MIN = 100
+EBFMI_MIN = 0.3
+_SHOWN = 4  # sites named per message
+
+
+class DiagnosticWarning(UserWarning):
+    """A problem found in a run's draws (R-hat, ESS, divergences, tree depth, E-BFMI)."""
+
+
+def _rank_normal(x: np.ndarray) -> np.ndarray:
+    """Draws (chains, draws, k) replaced by normal scores of their pooled ranks."""
+    c, n, k = x.shape
+    ranks = scipy_stats.rankdata(x.reshape(c * n, k), axis=0).reshape(c, n, k)
+    return scipy_stats.norm.ppf((ranks - 0.375) / (c * n + 0.25))
+
+
+def _split(x: np.ndarray) -> np.ndarray:
+    c, n = x.shape[:2]
+    half = n // 2
+    return np.concatenate([x[:, :half], x[:, n - half:]], axis=0)
+
+
+def rank_normalized_rhat(x: np.ndarray) -> np.ndarray:
+    """R-hat of draws ``x`` (chains, draws, k) per component (Vehtari et al. 2021)."""
+    folded = np.abs(x - np.median(x, axis=(0, 1)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bulk = split_gelman_rubin(_rank_normal(x))
+        tail = split_gelman_rubin(_rank_normal(folded))
+    return np.fmax(bulk, tail)
+
+
+def bulk_ess(x: np.ndarray) -> np.ndarray:
+    """Bulk effective sample size of draws ``x`` (chains, draws, k) per component."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return effective_sample_size(_rank_normal(_split(x)))
+
+
+def ebfmi(energy: np.ndarray) -> np.ndarray:
+    """E-BFMI of each chain from its energies (chains, draws)."""
+    energy = np.asarray(energy, dtype=np.float64)
+    num = np.sum(np.diff(energy, axis=1) ** 2, axis=1)
+    den = np.sum((energy - energy.mean(axis=1, keepdims=True)) ** 2, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den
+
+
+def _components(samples: dict[str, Any]) -> list[tuple[str, np.ndarray, np.ndarray, tuple]]:
+    """(site, draws (chains, draws, k), their flat indices, site shape) per site; constant
+    components (nothing to mix) left out."""
+    out = []
+    for name, value in samples.items():
+        x = np.asarray(value)
+        if x.ndim < 2 or not np.issubdtype(x.dtype, np.number):
+            continue
+        c, n = x.shape[:2]
+        flat = x.reshape(c, n, -1).astype(np.float64)
+        varying = np.ptp(flat, axis=(0, 1)) > 0
+        if varying.any():
+            out.append((name, flat[..., varying], np.argwhere(varying).ravel(), x.shape[2:]))
+    return out
+
+
+def _label(name: str, index: int, shape: tuple) -> str:
+    if not shape:
+        return name
+    return f"{name}[{','.join(map(str, np.unravel_index(index, shape)))}]"
+
+
+def _worst(values: list[tuple[float, str]], largest: bool) -> str:
+    values = sorted(values, reverse=largest)
+    shown = ", ".join(f"{label} ({v:.3g})" for v, label in values[:_SHOWN])
+    more = len(values) - _SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def check_draws(samples: dict[str, Any], stats: dict[str, Any], num_chains: int,
+                markov_chains: bool = True) -> list[str]:
+    """The messages for draws ``samples`` (site -> (chains, draws, ...)) and ``stats``."""
+    messages = []
+    num_draws = min((np.shape(v)[1] for v in samples.values() if np.ndim(v) >= 2), default=0)
+    if markov_chains and num_draws >= 4:
+        high, low = [], []
+        for name, x, index, shape in _components(samples):
+            rhat, ess = rank_normalized_rhat(x), bulk_ess(x)
+            for j, (r, e) in enumerate(zip(np.atleast_1d(rhat), np.atleast_1d(ess))):
+                label = _label(name, int(index[j]), shape)
+                if not r <= RHAT_MAX:
+                    high.append((float(r), label))
+                if not e >= ESS_PER_CHAIN_MIN * num_chains:
+                    low.append((float(e), label))
+        if high:
+            messages.append(
+                f"R-hat above {RHAT_MAX} for {len(high)} quantit{'y' if len(high) == 1 else 'ies'}: "
+                f"{_worst(high, True)}; the chains have not mixed: run longer "
+                "(result.extend(...)) or reparameterise.")
+        if low:
+            messages.append(
+                f"bulk ESS below {ESS_PER_CHAIN_MIN} per chain ({ESS_PER_CHAIN_MIN * num_chains} "
+                f"for {num_chains} chain{'s' if num_chains > 1 else ''}) for {len(low)} "
+                f"quantit{'y' if len(low) == 1 else 'ies'}: {_worst(low, False)}; means and "
+                "quantiles are unreliable: draw more (result.extend(...)).")
+    total = num_chains * num_draws
+    if "diverging" in stats and total:
+        n_div = int(np.sum(np.asarray(stats["diverging"])))
+        if n_div:
+            messages.append(
+                f"{n_div} divergent transition{'s' if n_div > 1 else ''} after warmup "
+                f"({100 * n_div / total:.2g}% of draws): the sampler missed regions of high "
+                "curvature; raise target_accept_prob (e.g. NUTS(target_accept_prob=0.95)) or "
+                "reparameterise (a non-centred hierarchy).")
+    if "reached_max_treedepth" in stats and total:
+        hits = int(np.sum(np.asarray(stats["reached_max_treedepth"])))
+        if hits:
+            depth = int(np.max(np.asarray(stats.get("tree_depth", 0))))
+            messages.append(
+                f"{hits} draw{'s' if hits > 1 else ''} ({100 * hits / total:.2g}%) reached the "
+                f"maximum tree depth ({depth}): trajectories were cut short; raise "
+                "NUTS(max_tree_depth=...) or reparameterise.")
+    if "energy" in stats and "tree_depth" in stats and num_draws >= 4:
+        values = ebfmi(np.asarray(stats["energy"]))
+        bad = [(float(v), f"chain {c}") for c, v in enumerate(values) if v < EBFMI_MIN]
+        if bad:
+            messages.append(
+                f"E-BFMI below {EBFMI_MIN} in {_worst(bad, False)}: the momentum resampling "
+                "explores the energy levels poorly (heavy tails or a funnel); reparameterise.")
+    return messages
+
+
+def diagnose(result: Any) -> list[str]:
+    """The messages for a :class:`inference.Result` (see the module docstring).
+
+    Example:
+        >>> import numpyro.distributions as dist, ppl, inference
+        >>> def model():
+        ...     ppl.sample("x", dist.Normal(0.0, 1.0))
+        >>> r = inference.infer(model, num_samples=500, num_warmup=300, num_chains=2,
+        ...                     progress=False, key=1)
+        >>> diagnose(r)
+        []
+    """
+    markov = bool(getattr(result.method, "markov_chains", False))
+    return check_draws(result.samples, result.stats, result.num_chains, markov)
+
+
+def warn_all(messages: list[str], owner: str, stacklevel: int = 3) -> None:
+    """Each message as one :class:`DiagnosticWarning` line."""
+    for message in messages:
+        warnings.warn(f"{owner}: {message}", DiagnosticWarning, stacklevel=stacklevel)
