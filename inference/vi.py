@@ -11,8 +11,16 @@ here: all draws are independent), so ``summary()`` and ``to_arviz()`` work the s
 ``stats``: ``lp``, the model's log joint ``log p(x, z)`` at each draw (constrained space,
 so unlike NUTS's ``lp`` it has no log-Jacobian term), and ``log_q``, the fitted guide's log
 density there; ``lp - log_q`` is the draw's log importance weight. ``tuning``: ``objective``
-(the per-step objective estimates of the fit) and ``params`` (the fitted params,
-constrained).
+(the per-step objective estimates of the fit), ``unconstrained_params`` (the fitted params
+as the optimizer holds them: what to save, and what :meth:`VI.fitted_guide`,
+``ppl.with_params`` and ``inference.fit`` take) and ``params`` (the same, constrained, for
+reading: e.g. the guide's scales; a ``ppl.params.ConstrainedParams``, which
+``ppl.with_params`` refuses).
+
+Saving and rebuilding a fitted guide (the one way): save
+``result.tuning["unconstrained_params"]`` (a dict of arrays: ``np.savez``, pickle, ...), and
+rebuild with ``VI(...).fitted_guide(model, params)`` under the same guide settings. The
+rebuilt guide takes the model's arguments and draws like the fitted one.
 
 Example:
     >>> import jax.numpy as jnp, numpyro, numpyro.distributions as dist, optax, inference
@@ -24,6 +32,17 @@ Example:
     ...                     num_chains=2, method=inference.VI(steps=1000), progress=False)
     >>> r.samples["mu"].shape, sorted(r.stats), r.tuning["objective"].shape
     ((2, 200), ['log_q', 'lp'], (1000,))
+
+    Save the fitted params, and rebuild the guide from the file later:
+
+    >>> import os, tempfile, jax, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "guide.npz")
+    >>> np.savez(path, **r.tuning["unconstrained_params"])
+    >>> guide = inference.VI(steps=1000).fitted_guide(model, dict(np.load(path)))
+    >>> draws = numpyro.infer.Predictive(guide, num_samples=2000)(
+    ...     jax.random.key(1), y=jnp.array([1.0, 2.0, 3.0]))
+    >>> bool(abs(draws["mu"].mean() - r.samples["mu"].mean()) < 0.1)  # both near 2.0
+    True
 """
 
 from __future__ import annotations
@@ -33,7 +52,7 @@ import inspect
 import numbers
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -132,6 +151,9 @@ class VI(Method):
     Models with discrete latent sites are refused by ``infer`` under ``VI`` (use
     :func:`inference.fit` with a guide that samples them).
 
+    The fitted params are in the result's ``tuning["unconstrained_params"]``; save them and
+    rebuild the fitted guide with :meth:`fitted_guide` (see the module docstring).
+
     Example:
         >>> VI(guide="mvn", steps=2000).guide
         'mvn'
@@ -212,6 +234,44 @@ class VI(Method):
             )
         return objective if self.num_particles == 1 else _averaged(objective, self.num_particles)
 
+    def fitted_guide(self, model: Callable, params: Mapping[str, Any]) -> Callable:
+        """The guide program with its param sites set from saved, unconstrained ``params``.
+
+        ``params``: a fitted result's ``tuning["unconstrained_params"]`` (or that dict saved
+        and loaded again: ``dict(np.load(path))`` of ``np.savez(path, **params)``, a
+        pickle, ...), with entries for every param site of the guide (extra entries, such
+        as the model's own params, are ignored). ``self`` must have the guide settings of
+        the fit (``guide``, ``guide_options``); ``model`` is the model it was fitted to. The
+        program takes the model's arguments (positional and keyword) and samples every
+        latent site; draw from it with ``numpyro.infer.Predictive`` or ``ppl.sim``.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist, inference
+            >>> def model():
+            ...     numpyro.sample("s", dist.LogNormal(0.0, 1.0))
+            >>> params = {"guide.s.loc": jnp.array(0.5), "guide.s.scale": jnp.array(-3.0)}
+            >>> guide = inference.VI().fitted_guide(model, params)
+            >>> s = numpyro.infer.Predictive(guide, num_samples=4)(jax.random.key(0))["s"]
+            >>> s.shape, bool(jnp.all(jnp.abs(jnp.log(s) - 0.5) < 0.5))  # scale softplus(-3)
+            ((4,), True)
+        """
+        if not callable(model):
+            raise TypeError(f"VI.fitted_guide(model={model!r}): model must be the model program "
+                            "(a callable) the guide was fitted to.")
+        if isinstance(params, ppl.params.ConstrainedParams):
+            raise ppl.ParamError(
+                f"VI.fitted_guide(params=...): got constrained values ({sorted(params)}, e.g. a "
+                "result's tuning['params']); pass the unconstrained ones, "
+                "result.tuning['unconstrained_params'] (what to save)."
+            )
+        if not isinstance(params, Mapping):
+            raise TypeError(
+                f"VI.fitted_guide(params=...): expected a dict from param-site name to array "
+                f"(a result's tuning['unconstrained_params']), got {type(params).__name__}."
+            )
+        values = {str(name): jax.tree.map(jnp.asarray, value) for name, value in params.items()}
+        return ppl.with_params(self.make_guide(model), values)
+
     # -- the infer hook ------------------------------------------------------------------
     def run(
         self,
@@ -272,7 +332,8 @@ class VI(Method):
         samples, stats = jax.tree.map(reshape, samples), jax.tree.map(reshape, stats)
         jax.block_until_ready((samples, stats))
         t2 = time.perf_counter()
-        tuning = {"objective": fitted.values, "params": constrained}
+        tuning = {"objective": fitted.values, "unconstrained_params": fitted.params,
+                  "params": constrained}
         return samples, stats, tuning, {"fit": t1 - t0, "sample": t2 - t1}
 
 
