@@ -40,11 +40,12 @@ def pareto_khat(log_weights: Any) -> float:
     """PSIS's Pareto ``k`` of importance weights, from their logs (any shape; flattened).
 
     The largest ``M = ceil(min(n / 5, 3 sqrt(n)))`` weights, less the next largest, are fitted
-    by a generalized Pareto distribution (see :func:`_generalized_pareto_shape`). ``k < 0.5``:
+    by a generalized Pareto distribution (see :func:`_generalized_pareto_shape`); weights tied
+    with the next largest are left out of the fit, as in ArviZ's ``psislw``. ``k < 0.5``:
     the weights have a finite variance; ``k < 0.7``: importance sampling (and an independent
     Metropolis chain with this proposal) is reliable; above, the proposal's tails are too
     light for the target. ``-inf`` weights (target density 0) are allowed; NaN is an error.
-    Returns ``inf`` when fewer than 5 weights are in the tail.
+    Returns ``inf`` when fewer than 5 weights are in the tail, ``-inf`` when the largest are all equal.
 
     Example:
         >>> import numpy as np
@@ -65,12 +66,17 @@ def pareto_khat(log_weights: Any) -> float:
     top = lw[-1]
     if top == -np.inf:
         raise ValueError("pareto_khat: every weight is zero (log weight -inf).")
-    threshold = lw[-tail - 1]
-    x = np.exp(lw[-tail:] - top) - (np.exp(threshold - top) if threshold > -np.inf else 0.0)
-    if x[-1] <= 0:  # the top weights are all equal: bounded weights
+    # Relative to the largest weight, the threshold is at least the smallest normal float
+    # (below it exp() underflows), and ties with it are not exceedances: a zero exceedance
+    # in the fit's first quartile would make its grid infinite (k NaN).
+    threshold = max(lw[-tail - 1] - top, math.log(np.finfo(np.float64).tiny))
+    exceed = lw[-tail:] - top
+    exceed = exceed[exceed > threshold]
+    if exceed.size == 0:  # the top weights are all equal: bounded weights
         return -math.inf
-    x = np.maximum(x, 0.0)
-    return _generalized_pareto_shape(x)
+    if exceed.size < 5:
+        return math.inf
+    return _generalized_pareto_shape(np.exp(exceed) - math.exp(threshold))
 
 
 def importance_diagnostics(log_weights: Any) -> dict[str, float]:

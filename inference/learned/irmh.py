@@ -46,7 +46,10 @@ def irmh(
     may be unnormalised (constants cancel). The state caches ``log p`` and ``log q`` at the
     current point, so a step costs one draw, one ``log p`` and (unless the sampler returns
     it) one ``log q``. ``init``/``step`` are pure, jittable and ``vmap``-able over chains;
-    positions may be any pytree the three functions agree on.
+    positions may be any pytree the three functions agree on. (Not ``blackjax.irmh``: that
+    one evaluates ``log q`` at both points every step, cannot take the density that comes
+    with a draw, and its info holds the accepted state, not the proposal, whose weight the
+    importance diagnostics need.)
 
     Args:
         logdensity_fn: ``log p`` of the target at one position.
