@@ -79,7 +79,7 @@ def test_result_stats_tuning_and_arviz(conjugate_result):
     assert "posterior" in idata and "sample_stats" in idata
 
 
-@pytest.mark.slow  # slow suite: a long fit (issue 12: a 5-minute default suite)
+@pytest.mark.slow  # slow suite: 16 fits (~30 s, mostly compilation; issue 12)
 def test_mvn_guide_recovers_correlated_regression_posterior():
     """Bayesian linear regression with correlated covariates: closed-form Gaussian posterior
     with correlation -0.87, which the full-rank guide contains exactly."""
@@ -92,20 +92,54 @@ def test_mvn_guide_recovers_correlated_regression_posterior():
         w = numpyro.sample("w", dist.Normal(0.0, 2.0).expand([2]).to_event(1))
         numpyro.sample("y", dist.Normal(X @ w, 1.0).to_event(1), obs=y)
 
-    cov = jnp.linalg.inv(jnp.eye(2) / 4.0 + X.T @ X)
-    mean = cov @ X.T @ y
-    sd = jnp.sqrt(jnp.diag(cov))
-    assert float(cov[0, 1] / (sd[0] * sd[1])) < -0.8
-    steps = 2000
-    r = inference.infer(regression, X, y=y, method=inference.VI(guide="mvn", steps=steps,
-                                                                   optimizer=decaying_adam(steps)),
-                        num_samples=1000, num_chains=2, key=3, progress=False)
-    w = r.samples["w"].reshape(-1, 2)
-    # Budget (in posterior sds): fit error sd 0.02-0.04 over seeds (measured), Monte Carlo
-    # error of 2000 draws 0.022 for means and ~0.03 for covariance entries; 0.2 is > 4
-    # combined sds, while a mean-field fit would miss the off-diagonal by 0.87.
-    np.testing.assert_array_less(jnp.abs(w.mean(0) - mean) / sd, 0.2)
-    np.testing.assert_array_less(jnp.abs(jnp.cov(w.T) - cov) / jnp.outer(sd, sd), 0.2)
+    cov = np.asarray(jnp.linalg.inv(jnp.eye(2) / 4.0 + X.T @ X), dtype=np.float64)
+    mean = cov @ np.asarray(X.T @ y, dtype=np.float64)
+    sd = np.sqrt(np.diag(cov))
+    assert cov[0, 1] / (sd[0] * sd[1]) < -0.8
+    tri = np.tril_indices(2)
+    # 8000 steps: with the former 2000 the fit had not converged along the posterior's long
+    # axis (from init_scale 0.1): over 16 seeds the fitted covariance was too small by 3-5%
+    # of the posterior's (t = -3.1, 5.1, -5.4 against the exact values), which check (b)
+    # catches; at 8000 steps |t| < 1.3 over 12 seeds. A step costs little here.
+    steps = 8000
+    loc_errors, cov_errors = [], []
+    for key in range(3, 3 + 16):
+        r = inference.infer(regression, X, y=y,
+                            method=inference.VI(guide="mvn", steps=steps,
+                                                optimizer=decaying_adam(steps)),
+                            num_samples=1000, num_chains=2, key=key, progress=False)
+        fitted = r.tuning["params"]
+        loc_q = np.asarray(fitted["guide.loc"], dtype=np.float64)
+        tril_q = np.asarray(fitted["guide.scale_tril"], dtype=np.float64)
+        cov_q = tril_q @ tril_q.T
+        loc_errors.append((loc_q - mean) / sd)
+        cov_errors.append(((cov_q - cov) / np.outer(sd, sd))[tri])
+        if key == 3:
+            w = np.asarray(r.samples["w"], dtype=np.float64).reshape(-1, 2)
+            n = w.shape[0]
+            # (a) Derived (Monte Carlo): the 2000 draws are independent draws of the fitted
+            # guide N(loc_q, cov_q), so their mean is within 4 se = 4 sqrt(cov_q_ii / n) of
+            # loc_q and their sample covariance within 4 sqrt((c_ii c_jj + c_ij^2) / n) of
+            # cov_q (the Gaussian variance of a sample covariance entry); P(|z| > 4) < 1e-4.
+            se_mean = np.sqrt(np.diag(cov_q) / n)
+            se_cov = np.sqrt((np.outer(np.diag(cov_q), np.diag(cov_q)) + cov_q**2) / n)
+            np.testing.assert_array_less(np.abs(w.mean(0) - loc_q), 4 * se_mean)
+            np.testing.assert_array_less(np.abs(np.cov(w.T) - cov_q), 4 * se_cov)
+            # Regression guard (from our measured output: fit error sd 0.02-0.04 over
+            # seeds, not derived): the draws within 0.2 posterior sds of the exact moments,
+            # while a mean-field fit would miss the off-diagonal by 0.87.
+            np.testing.assert_array_less(np.abs(w.mean(0) - mean) / sd, 0.2)
+            np.testing.assert_array_less(np.abs(np.cov(w.T) - cov) / np.outer(sd, sd), 0.2)
+    # (b) Derived (Monte Carlo over seeds): the family contains the posterior, so a converged
+    # fit ends there up to zero-mean optimizer jitter; the mean error over 16 independent
+    # seeds is within 4 standard errors sd / sqrt(16) of zero for each of the 2 loc and 3
+    # covariance entries (t with 15 df: P(|t| > 4) ~ 1e-3 each). Measured with 8000 steps:
+    # |mean| <= 0.0054, se 0.004-0.010 (posterior sds / variances); with 2000 steps the
+    # covariance means were -0.029, 0.037, -0.039 at se 0.008-0.010 (fails).
+    for errors in (np.array(loc_errors), np.array(cov_errors)):
+        se = errors.std(0, ddof=1) / np.sqrt(len(errors))
+        print(f"mean error {errors.mean(0).round(4)}, se {se.round(4)}")
+        assert np.all(np.abs(errors.mean(0)) < 4 * se), (errors.mean(0), se)
 
 
 @pytest.mark.slow  # 3000 VI steps on a posteriordb model; mean-field VI runs by default above
