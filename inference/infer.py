@@ -13,7 +13,8 @@ from inference.nuts import NUTS
 from inference.result import Result
 from ppl.errors import ModelError
 from ppl.subsample import subsampled_plates, with_subsample_size
-from ppl.tracing import discrete_latent_sites, latent_sites, model_name, omitted_data_arguments, trace_model
+from ppl.tracing import (discrete_latent_sites, free_param_sites, latent_sites, model_name,
+                         omitted_data_arguments, trace_model)
 
 # Kept under their old private names for the modules that import them from here.
 _positive_int, _as_key = positive_int, as_key
@@ -145,6 +146,20 @@ def infer(
             "result with numpyro.factor), or use a method that handles discrete sites: "
             + (", ".join(capable) + ", or " if capable else "")
             + "NumPyro's DiscreteHMCGibbs / MixedHMC."
+        )
+    params = free_param_sites(trace)
+    if params and not method.learns_params:
+        capable = [m.__name__ for m in all_methods() if m.learns_params]
+        raise ModelError(
+            f"model {model_name(model)} has numpyro.param site(s) {params}, which "
+            f"{type(method).__name__} would hold fixed at their initial values (it samples "
+            "only numpyro.sample sites). To infer them, make each a numpyro.sample site with a "
+            "prior; to fix them, pass the values as data arguments (or wrap the model in "
+            "numpyro.handlers.substitute(model, data={name: value}))"
+            + (f"; to fit them (point estimates), use {' or '.join(f'inference.{c}()' for c in capable)}, "
+               "which learns the model's params with its guide (result.tuning['params'])"
+               if capable else "")
+            + "."
         )
 
     plates = subsampled_plates(trace)

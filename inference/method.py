@@ -17,6 +17,10 @@ What a method can do is said by class attributes that ``infer`` reads:
 * ``stochastic_gradients``: it differentiates minibatches from the model's subsampled
   plates (SGLD, SGHMC); its ``batch_size`` field, if set, resizes them. Other methods need
   the full-data density, and ``infer`` refuses a subsampled plate for them.
+* ``learns_params``: it fits the model's own ``numpyro.param`` sites (VI, as NumPyro's SVI
+  does, with the guide's). A sampler would hold them at their initial values, so ``infer``
+  refuses a model with param sites for the others (unless a handler around the model
+  supplies their values) and names the sites.
 
 Two ways to write one:
 
@@ -58,6 +62,8 @@ class Method(abc.ABC):
     handles_discrete: ClassVar[bool] = False
     #: It differentiates minibatches drawn from the model's subsampled plates.
     stochastic_gradients: ClassVar[bool] = False
+    #: It fits the model's ``numpyro.param`` sites (others would leave them at their initial values).
+    learns_params: ClassVar[bool] = False
 
     @abc.abstractmethod
     def run(

@@ -167,6 +167,7 @@ class VI(Method):
     guide_options: dict | None = None
 
     handles_discrete: ClassVar[bool] = False
+    learns_params: ClassVar[bool] = True
 
     def __post_init__(self):
         for name in ("steps", "num_particles"):

@@ -13,10 +13,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.primitives import Messenger
 
+from ppl.distributions import base_distribution
 from ppl.errors import ModelError
 
 
@@ -24,8 +26,14 @@ class ModelArgumentError(ModelError, TypeError):
     """The model was called with arguments that do not fit its signature."""
 
 
+#: Key set on a traced param site whose value a handler around the model supplied
+#: (``handlers.substitute``, ``ppl.with_params``): the user fixed it on purpose.
+PARAM_GIVEN = "ppl_value_given"
+
+
 class _LastSite(Messenger):
-    """Remember the name of the last site the model reached (for error messages)."""
+    """Remember the name of the last site the model reached (for error messages), and mark
+    param sites whose value a handler inside the call already supplied."""
 
     def __init__(self, fn=None):
         self.last = None
@@ -34,6 +42,8 @@ class _LastSite(Messenger):
     def process_message(self, msg):
         if msg.get("name") is not None and msg["type"] in ("sample", "param", "deterministic", "plate"):
             self.last = msg["name"]
+        if msg["type"] == "param" and msg.get("value") is not None:
+            msg[PARAM_GIVEN] = True
 
 
 def model_name(model: Callable) -> str:
@@ -73,30 +83,96 @@ def _dist_shape(fn) -> tuple[int, ...]:
     return tuple(fn.batch_shape) + tuple(fn.event_shape)
 
 
-def check_observed_shapes(trace: dict, model: Callable) -> None:
-    """Every observed value must have its distribution's shape (or broadcast up to it).
+def _parameter_shapes(fn) -> str:
+    """``"loc (50, 1), scale ()"``: the shapes of a distribution's parameters, for messages."""
+    base = base_distribution(fn)
+    shapes = []
+    for name in getattr(base, "arg_constraints", {}):
+        value = getattr(base, name, None)
+        if value is not None and hasattr(value, "shape"):
+            shapes.append(f"{name} {tuple(value.shape)}")
+    return f"{type(base).__name__}({', '.join(shapes)})" if shapes else type(base).__name__
 
-    A value with *more* elements than the distribution (say ``y`` of shape ``(N, 1)``
-    against a location of shape ``(N,)``) would silently broadcast the likelihood to
-    ``(N, N)``; that is always a bug, so it is an error naming the site.
+
+def _argument_hint(value: Any, value_shape: tuple, bound: inspect.BoundArguments | None) -> str:
+    """Which of the model's array arguments could have widened a site's distribution."""
+    if bound is None:
+        return ""
+    suspects = []
+    for name, arg in bound.arguments.items():
+        shape = tuple(getattr(arg, "shape", ()))
+        if arg is value or not shape or shape == value_shape:
+            continue
+        if 1 in shape and len(shape) > 1:  # a column or row vector: the usual culprit
+            flat = f"{name}.ravel()" + (f" or {name}[:, 0]" if len(shape) == 2 and shape[1] == 1 else "")
+            suspects.append(f"{name} has shape {shape} (did you mean {flat}?)")
+        elif len(shape) > len(value_shape):
+            suspects.append(f"{name} has shape {shape}")
+    if not suspects:
+        return ""
+    return " Among the model's arguments, " + "; ".join(suspects[:3]) + "."
+
+
+def check_observed_shapes(trace: dict, model: Callable, bound: inspect.BoundArguments | None = None) -> None:
+    """Every observed value must have exactly its distribution's shape.
+
+    Two mismatches broadcast silently in the log density, and both are errors naming the
+    model, the site and both shapes:
+
+    * a value with *more* elements than the distribution (``y`` of shape ``(N, 1)`` against
+      a location of shape ``(N,)``) would broadcast the likelihood to ``(N, N)``;
+    * a distribution with more elements than its value (a covariate ``x`` of shape
+      ``(N, 1)`` makes ``Normal(a + b * x, s)`` inside ``plate("data", N)`` of shape
+      ``(N, N)`` while ``y`` has shape ``(N,)``) would count every observation ``N`` times
+      against every location: a silently wrong posterior.
+
+    The shape compared is ``sample_shape + batch_shape + event_shape`` of the site's
+    distribution after the plates expanded it, so data with the plate's shape, event dims
+    (a ``MultivariateNormal`` observed with shape ``(N, D)`` inside ``plate(N)``) and
+    ``numpyro.factor`` sites all fit. ``bound`` (the model's bound arguments) lets the
+    message point at an argument whose shape widened the distribution.
     """
     for name, site in trace.items():
         if site["type"] != "sample" or not site["is_observed"]:
             continue
         fn = site["fn"]
-        shape = _dist_shape(fn)
+        sample_shape = tuple(site["kwargs"].get("sample_shape") or ())
+        shape = sample_shape + _dist_shape(fn)
         value_shape = tuple(jnp.shape(site["value"]))
         try:
             joint = jnp.broadcast_shapes(value_shape, shape)
         except ValueError:
             joint = None
-        if joint != shape:
+        if joint == shape == value_shape:
+            continue
+        where = (f"observed site '{name}' of model {model_name(model)}: data has shape "
+                 f"{value_shape} but its distribution {_parameter_shapes(fn)} has shape {shape}"
+                 f" (batch {tuple(fn.batch_shape)} + event {tuple(fn.event_shape)}"
+                 + (f", sample_shape {sample_shape}" if sample_shape else "") + ")")
+        if joint == shape:  # the distribution is larger: the data would be broadcast up
             raise ModelError(
-                f"observed site '{name}' of model {model_name(model)}: data has shape "
-                f"{value_shape} but its distribution {type(fn).__name__} has shape {shape} "
-                f"(batch {tuple(fn.batch_shape)} + event {tuple(fn.event_shape)}). "
-                f"Pass data of shape {shape}, or fix the shapes of the distribution's parameters."
+                f"{where}, larger than the data: each observation would be counted "
+                f"{_ratio(shape, value_shape)} times, against every entry of the "
+                "distribution's parameters, a silently wrong posterior. Check the shapes of "
+                "the arguments that feed the distribution's parameters (inside a plate of size "
+                "N they should have shape (N,) or be scalars, not (N, 1)), or pass data of "
+                f"shape {shape} if it really has that many entries."
+                + _argument_hint(site["value"], value_shape, bound)
             )
+        raise ModelError(
+            f"{where}: "
+            + ("they do not broadcast together" if joint is None else
+               f"the data would broadcast its likelihood up to {joint}, more entries than "
+               "the distribution has")
+            + f". Pass data of shape {shape}, or fix the shapes of the distribution's "
+            "parameters." + _argument_hint(site["value"], value_shape, bound)
+        )
+
+
+def _ratio(big: tuple, small: tuple) -> int:
+    n_big = int(np.prod(big)) if big else 1
+    n_small = int(np.prod(small)) if small else 1
+    return n_big // max(n_small, 1)
 
 
 def _init_to_zero(site: dict) -> Any:
@@ -143,7 +219,7 @@ def trace_model(
         >>> list(trace_model(model, y=1.0))
         ['mu', 'y']
     """
-    check_arguments(model, args, kwargs)
+    bound = check_arguments(model, args, kwargs)
     key = jax.random.key(0) if key is None else key
     tracker = _LastSite()
     try:
@@ -161,7 +237,7 @@ def trace_model(
         raise ModelError(
             f"model {model_name(model)} failed {where}: {type(err).__name__}: {err}"
         ) from err
-    check_observed_shapes(trace, model)
+    check_observed_shapes(trace, model, bound)
     return trace
 
 
@@ -172,6 +248,28 @@ def latent_sites(trace: dict) -> OrderedDict:
         for name, site in trace.items()
         if site["type"] == "sample" and not site["is_observed"]
     )
+
+
+def free_param_sites(trace: dict) -> list[str]:
+    """Names of the ``numpyro.param`` sites of a trace left at their initial values.
+
+    A param site whose value a handler wrapped around the model supplied
+    (``handlers.substitute(model, data=...)``, ``ppl.with_params``) is fixed on purpose
+    and not listed.
+
+    Example:
+        >>> import numpyro, numpyro.distributions as dist
+        >>> from numpyro import handlers
+        >>> def model():
+        ...     m = numpyro.param("m", 0.0)
+        ...     numpyro.sample("z", dist.Normal(m, 1.0))
+        >>> free_param_sites(trace_model(model))
+        ['m']
+        >>> free_param_sites(trace_model(handlers.substitute(model, data={"m": 1.0})))
+        []
+    """
+    return [name for name, site in trace.items()
+            if site["type"] == "param" and not site.get(PARAM_GIVEN, False)]
 
 
 def discrete_latent_sites(trace: dict) -> list[str]:
