@@ -49,106 +49,25 @@ Example:
 from __future__ import annotations
 
 import numbers
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
 import ppl
 from inference.arguments import as_key, positive_int, split_arguments, static_part
-from inference.compilation import compiling
-from inference.progress import ProgressBar, chunk_sizes
+from inference.progress import ProgressBar
+from inference.training import (FitResult, NonFiniteError, all_finite, leaf_names,
+                                non_finite_error, optax_step, run_steps)
 from inference.sharding import constrain_leading, mesh_for, put_replicated
 
 __all__ = ["fit", "FitResult", "NonFiniteError", "split_arguments", "all_finite"]  # split_arguments: re-exported from inference.arguments
 
 
-class FitResult(NamedTuple):
-    """What :func:`fit` returns.
-
-    Attributes:
-        params: the fitted parameters (same pytree structure as the initial ones).
-        values: per-step objective estimates, shape ``(steps,)`` (or the steps that ran
-            before a non-finite one, in :attr:`NonFiniteError.result`).
-    """
-
-    params: Any
-    values: jax.Array
-
-
-class NonFiniteError(FloatingPointError):
-    """The objective, a gradient or an updated parameter stopped being finite in :func:`fit`.
-
-    Step ``j`` evaluates the objective estimate and its gradients at the params after ``j``
-    updates and applies one more update. The first step where the estimate, a gradient leaf
-    or an updated leaf is not finite is ``step``; nothing from it is applied.
-
-    Attributes:
-        step: 0-based index of that first bad step.
-        kind: what went non-finite first: ``"objective"`` (the estimate; gradients may be
-            non-finite too), ``"gradient"`` (a gradient leaf, with a finite estimate) or
-            ``"update"`` (an updated parameter overflowed; estimate and gradients finite).
-        leaf: the pytree path of the first parameter leaf whose gradient (or, for ``"update"``,
-            updated value) was not finite (``"params['loc']"``), or ``"objective"`` when only
-            the objective estimate was (every gradient finite).
-        leaves: every such parameter leaf path (empty when ``leaf == "objective"``).
-        params, opt_state: the last good state, from which a smaller learning rate can carry
-            on: for ``"objective"`` and ``"gradient"``, the params and optimizer state of the
-            step before ``step`` (the last point where the estimate and its gradients were
-            finite; the initial ones if ``step`` is 0); for ``"update"``, those of ``step``.
-        params_step: how many updates ``params`` had (``step - 1``, ``step``, or 0).
-        bad_params: the params ``step`` was evaluated at (where to look at the model).
-        result: :class:`FitResult` with ``params`` and the ``step`` objective estimates
-            before ``step``.
-
-    Example:
-        >>> import jax.numpy as jnp, optax, ppl, inference
-        >>> @ppl.expectation
-        ... def cliff(params):  # NaN once x passes 2.5; SGD(1) moves x by 1 per step
-        ...     return jnp.where(params["x"] > 2.5, jnp.nan, params["x"])
-        >>> try:
-        ...     inference.fit(cliff, {"x": jnp.zeros(())}, optimizer=optax.sgd(1.0),
-        ...                   steps=10, progress=False)
-        ... except inference.NonFiniteError as err:
-        ...     print(err.step, err.kind, err.leaf, float(err.params["x"]),
-        ...           float(err.bad_params["x"]))
-        3 objective objective 2.0 3.0
-    """
-
-    def __init__(self, message: str, step: int, leaf: str | None, result: FitResult, *,
-                 kind: str | None = None, leaves: tuple[str, ...] = (), opt_state: Any = None,
-                 bad_params: Any = None, params_step: int | None = None):
-        super().__init__(message)
-        self.step, self.leaf, self.result = step, leaf, result
-        self.kind, self.leaves = kind, tuple(leaves)
-        self.params, self.opt_state, self.bad_params = result.params, opt_state, bad_params
-        self.params_step = step if params_step is None else params_step
-
-
-def all_finite(tree: Any) -> jax.Array:
-    """One boolean: every floating-point array leaf of ``tree`` is finite (True if none).
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> bool(all_finite({"a": jnp.ones(2), "b": jnp.array([1.0, jnp.nan]), "n": 3}))
-        False
-    """
-    arrays = [x for x in jax.tree_util.tree_leaves(tree)
-              if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in arrays])) if arrays \
-        else jnp.asarray(True)
-
-
-def _leaf_names(params: Any) -> list[str]:
-    paths = jax.tree_util.tree_flatten_with_path(params)[0]
-    return [f"params{jax.tree_util.keystr(path)}" for path, _ in paths]
-
-
 def _check_params(params: Any) -> Any:
-    names = _leaf_names(params)
+    names = leaf_names(params)
     leaves, tree = jax.tree_util.tree_flatten(params)
     if not leaves:
         raise ValueError("fit: params has no leaves; pass a pytree of float arrays to optimize.")
@@ -284,7 +203,7 @@ def fit(
     key = as_key(key)
     params = _check_params(params)
     batching = _check_batch(batch, args)
-    names = _leaf_names(params)
+    names = leaf_names(params)
 
     dyn, full_args = split_arguments(args)
     mesh = _data_mesh(data_sharding, batching)
@@ -303,173 +222,26 @@ def fit(
         data = data[:argnum] + (part,) + data[argnum + 1:]
         return split_arguments(data)[0]
 
-    def finite(tree_) -> jax.Array:  # one flag per leaf
-        return jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree_)])
-
-    nan = jnp.asarray(jnp.nan, jnp.result_type(float))
-
     # Everything the compiled chunks use is an argument (key, data) or part of their cache
     # key (objective, optimizer, sizes, static data): nothing per-call is closed over.
-    def step(carry, i, key, dyn):
-        # The guarded step. Carry: the current state, the state of the step before (the
-        # last good one if this step fails), the first bad step (-1: none yet), which
-        # gradient and updated leaves were non-finite there, and whether the value was.
-        params, opt_state, prev, bad_step, bad_grads, bad_updates, bad_value = carry
-        k_obj, k_batch = jax.random.split(jax.random.fold_in(key, i))
-        data = subsample(k_batch, dyn)
-        value, (grads, _) = bound.value_and_grad_estimate(k_obj, params, data)
-        value = value.astype(nan.dtype)
-        neg = jax.tree.map(jnp.negative, grads)
-        upd, new_state = optimizer.update(neg, opt_state, params)
-        new_params = optax.apply_updates(params, upd)
-        value_ok, grads_ok, params_ok = jnp.isfinite(value), finite(grads), finite(new_params)
-        ok = value_ok & jnp.all(grads_ok) & jnp.all(params_ok)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        i = i.astype(bad_step.dtype)  # int64 under jax_enable_x64
-        return (keep(new_params, params), keep(new_state, opt_state),
-                keep((params, opt_state), prev), jnp.where(ok, bad_step, i),
-                jnp.where(ok, bad_grads, ~grads_ok), jnp.where(ok, bad_updates, ~params_ok),
-                jnp.where(ok, bad_value, ~value_ok)), value
-
-    def fast_step(carry, i, key, dyn):
-        params, opt_state = carry
-        k_obj, k_batch = jax.random.split(jax.random.fold_in(key, i))
-        data = subsample(k_batch, dyn)
-        value, (grads, _) = bound.value_and_grad_estimate(k_obj, params, data)
-        value = value.astype(nan.dtype)
-        upd, opt_state = optimizer.update(jax.tree.map(jnp.negative, grads), opt_state, params)
-        return (optax.apply_updates(params, upd), opt_state), value
-
-    n_chunks, chunk = chunk_sizes(steps, updates)
-    padded = n_chunks * chunk > steps
-
-    # Two compiled chunk runners. The fast one applies plain optimizer steps and checks
-    # finiteness once, at the chunk's end (the per-step guard costs ~30% of a VAE step).
-    # Only if that check fails is the chunk replayed from its starting state with the
-    # guarded step, which finds the exact first bad step and leaf; step keys are
-    # fold_in(key, i), so the replay draws the same numbers.
-    def run_fast(carry, start, key, dyn):
-        def body(c, i):
-            if padded:  # steps past the end leave everything untouched
-                return jax.lax.cond(i < steps, lambda c: fast_step(c, i, key, dyn),
-                                    lambda c: (c, nan), c)
-            return fast_step(c, i, key, dyn)
-
-        carry, values = jax.lax.scan(body, carry, start + jnp.arange(chunk))
-        valid = (start + jnp.arange(chunk)) < steps
-        ok = jnp.all(jnp.isfinite(values) | ~valid) & jnp.all(finite(carry[0]))
-        return carry, values, ok
-
-    def run_guarded(carry, start, key, dyn):
-        def body(c, i):
-            # Steps past the end, or after a non-finite one, leave everything untouched.
-            go = (i < steps) & (c[3] < 0)
-            return jax.lax.cond(go, lambda c: step(c, i, key, dyn), lambda c: (c, nan), c)
-
-        return jax.lax.scan(body, carry, start + jnp.arange(chunk))
+    def value_and_descent(params, k, dyn):  # objective estimate, gradient to descend
+        k_obj, k_batch = jax.random.split(k)
+        value, (grads, _) = bound.value_and_grad_estimate(k_obj, params, subsample(k_batch, dyn))
+        return value.astype(jnp.result_type(float)), jax.tree.map(jnp.negative, grads)
 
     state = (params, optimizer.init(params))
     if mesh is not None:  # parameters, optimizer state and the full data: a copy per device
         state, dyn = put_replicated((state, dyn), mesh)
-    bar = progress if isinstance(progress, ProgressBar) else ProgressBar(
-        steps, desc="fit", enabled=bool(progress)
+    trained = run_steps(
+        optax_step(value_and_descent, optimizer), state, steps=steps, key=key, data=dyn,
+        updates=updates, progress=progress, label="fit",
+        program_key=(objective, optimizer, batching, static_part(args), mesh,
+                     jax.tree_util.tree_structure(params)),
+        postfix=lambda values: {"objective": float(jnp.mean(values))},
     )
-    # Compile before the bar opens, so that its clock counts steps only.
-    starts = [jnp.asarray(c * chunk, jnp.int32) for c in range(n_chunks)]
-    program_key = (objective, optimizer, steps, chunk, batching, static_part(args), mesh,
-                   jax.tree_util.tree_structure(params))
-
-    def guard_carry(state):
-        no = jnp.zeros((len(names),), bool)
-        return (*state, state, jnp.asarray(-1, jnp.int32), no, no, jnp.asarray(False))
-
-    def compiled_guarded():
-        with compiling("fit (guarded replay)", bar.enabled) as programs:
-            return programs.compile(jax.jit(run_guarded), (guard_carry(state), starts[0], key, dyn),
-                                    key=("fit-guarded", *program_key))
-
-    with compiling("fit", bar.enabled) as programs:
-        compiled = programs.compile(jax.jit(run_fast), (state, starts[0], key, dyn),
-                                    key=("fit", *program_key))
-    bar.update(0, {})
-    chunks = []
-    carry = None
-    previous = state  # the state at the start of the chunk before (for the replay)
-    try:
-        for c in range(n_chunks):
-            new_state, chunk_values, ok = compiled(state, starts[c], key, dyn)
-            if not bool(ok):  # one host sync per chunk
-                # Replay from the chunk before (if any) with the guarded step, so that the
-                # state of the step before the bad one is known even when the bad step is
-                # the chunk's first.
-                first = max(c - 1, 0)
-                replay = guard_carry(previous if c > 0 else state)
-                del chunks[first:]
-                for r in range(first, c + 1):
-                    replay, replay_values = compiled_guarded()(replay, starts[r], key, dyn)
-                    chunks.append(replay_values)
-                    if int(replay[3]) >= 0:
-                        break
-                if int(replay[3]) >= 0:
-                    carry = replay
-                    break
-                # The guarded replay found every step finite (the two programs may round
-                # differently): carry on from its state.
-                new_state, chunk_values = replay[:2], chunks[-1]
-            else:
-                chunks.append(chunk_values)
-            previous, state = state, new_state
-            if bar.enabled:
-                done = min((c + 1) * chunk, steps)
-                bar.update(done, {"objective": float(jnp.mean(chunk_values[:done - c * chunk]))})
-    finally:
-        bar.close()
-
-    values = jnp.concatenate(chunks)
-    if carry is None:
-        return FitResult(state[0], values[:steps])
-    raise _non_finite(carry, values, names)
-
-
-def _non_finite(carry: tuple, values: jax.Array, names: list[str]) -> NonFiniteError:
-    """The :class:`NonFiniteError` for a guarded carry that stopped at a bad step."""
-    bad_params, bad_state, (prev_params, prev_state), bad_step, bad_grads, bad_updates, \
-        bad_value = carry
-    bad_step = int(bad_step)
-    grads_flags, update_flags = np.asarray(bad_grads), np.asarray(bad_updates)
-    value = float(values[bad_step])
-    if bool(bad_value):
-        kind = "objective"
-    else:
-        kind = "gradient" if grads_flags.any() else "update"
-    flags = update_flags if kind == "update" else grads_flags
-    leaves = tuple(n for n, f in zip(names, flags) if f)
-    leaf = leaves[0] if leaves else "objective"
-    listed = ", ".join(leaves[:4]) + (f" and {len(leaves) - 4} more" if len(leaves) > 4 else "")
-    if kind == "update":
-        # The estimate and gradients at the step's params were finite: restart from there.
-        good, good_state, good_step = bad_params, bad_state, bad_step
-        what = (f"the update made parameter leaf {listed} non-finite (overflow; the objective "
-                f"estimate {value} and the gradients were finite)")
-    else:
-        good, good_state, good_step = prev_params, prev_state, max(bad_step - 1, 0)
-        if kind == "objective" and not leaves:
-            what = (f"only the objective estimate was non-finite ({value}; the gradients were "
-                    "finite), so err.leaf is 'objective'")
-        elif kind == "objective":
-            what = f"non-finite objective estimate ({value}) and gradient of {listed}"
-        else:
-            what = f"non-finite gradient of {listed} (objective estimate {value})"
-    last = "" if kind == "update" else (", the last point where the objective and gradients "
-                                        "were finite")
-    message = (
-        f"fit: step {bad_step} (0-based) went non-finite: {what}. Training stopped. "
-        f"err.params and err.opt_state hold the last good state (after {good_step} update(s)"
-        f"{last}); err.bad_params the params step {bad_step} was evaluated at. To fix: lower the "
-        "learning rate (or clip gradients, optax.clip_by_global_norm) and restart from "
-        "err.params, and check the model and guide near err.bad_params (a scale that "
-        "reaches 0, exp overflow, log or sqrt of a negative number)."
-    )
-    return NonFiniteError(message, bad_step, leaf, FitResult(good, values[:bad_step]),
-                          kind=kind, leaves=leaves, opt_state=good_state, bad_params=bad_params,
-                          params_step=good_step)
+    if trained.stopped is None:
+        return FitResult(trained.state[0], trained.outputs)
+    raise non_finite_error(
+        "fit", trained.stopped, trained.outputs, names, quantity="objective estimate",
+        advice="check the model and guide near err.bad_params (a scale that reaches 0, exp "
+               "overflow, log or sqrt of a negative number)")

@@ -6,13 +6,12 @@ from typing import Any, Callable, NamedTuple
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
 from inference.flow_matching.checks import _check_field, _check_path, _points, _positive_int
 from inference.flow_matching.loss import _cfm_loss
-from inference.progress import ProgressBar, chunk_sizes
+from inference.progress import ProgressBar
+from inference.training import minimize
 
 __all__ = ["train", "TrainResult"]
 
@@ -62,8 +61,9 @@ def train(
         :class:`TrainResult` ``(field, losses)``, ``losses`` of shape ``(steps,)``.
 
     Raises:
-        FloatingPointError: when a chunk of steps produced a non-finite loss (the message
-            names the chunk; lower the learning rate).
+        inference.NonFiniteError: (a ``FloatingPointError``) at the first step whose loss,
+            gradient or update is not finite, naming the field's leaf, with the last good
+            parameters (``err.params``, a pytree of the field's arrays).
 
     Example:
         >>> from inference.flow_matching import VelocityMLP
@@ -113,7 +113,8 @@ def train(
     if not jax.tree_util.tree_leaves(params):
         raise ValueError("train: the velocity field has no float array leaves to train.")
 
-    def batch(k):
+    def batch(k, arrays):
+        data_arr, x0_arr = arrays
         kd, ks, ki = jax.random.split(k, 3)
         if data_arr is not None:
             idx = jax.random.randint(ki, (batch_size,), 0, data_arr.shape[0])
@@ -128,50 +129,14 @@ def train(
             x0b = jax.random.normal(ks, (batch_size, d), dtype)
         return x0b, x1b
 
-    def loss_fn(p, k):
+    def loss_fn(p, k, arrays):
         kb, kl = jax.random.split(k)
-        x0b, x1b = batch(kb)
+        x0b, x1b = batch(kb, arrays)
         return _cfm_loss(eqx.combine(p, static), kl, x0b, x1b, path, sigma)
 
-    n_chunks, chunk = chunk_sizes(steps, updates)
-    padded = n_chunks * chunk > steps
-
-    @eqx.filter_jit
-    def run_chunk(p, opt_state, start):
-        def step(carry, i):
-            p, s = carry
-            loss, g = jax.value_and_grad(loss_fn)(p, jax.random.fold_in(key, i))
-            upd, s = optimizer.update(g, s, p)
-            return (optax.apply_updates(p, upd), s), loss
-
-        def body(carry, i):
-            if not padded:
-                return step(carry, i)
-            # steps past the end (padding of the last chunk) leave everything untouched
-            nan = jnp.full((), jnp.nan, dtype)
-            return jax.lax.cond(i < steps, step, lambda c, i: (c, nan), carry, i)
-
-        (p, opt_state), losses = jax.lax.scan(body, (p, opt_state), start + jnp.arange(chunk))
-        return p, opt_state, losses
-
-    opt_state = optimizer.init(params)
-    bar = progress if isinstance(progress, ProgressBar) else ProgressBar(
-        steps, desc="flow matching", enabled=bool(progress))
-    chunks = []
-    try:
-        for c in range(n_chunks):
-            new_params, new_state, losses = run_chunk(params, opt_state, jnp.asarray(c * chunk))
-            valid = losses[: max(0, min(chunk, steps - c * chunk))]
-            if not bool(jnp.all(jnp.isfinite(valid))):
-                first = c * chunk + int(np.argmax(~np.isfinite(np.asarray(valid))))
-                raise FloatingPointError(
-                    f"train: non-finite loss at step {first} (0-based); the field returned "
-                    f"holds no result -- lower the learning rate or check the data "
-                    f"(finite, of moderate scale)."
-                )
-            params, opt_state = new_params, new_state
-            chunks.append(valid)
-            bar.update(min((c + 1) * chunk, steps), {"loss": float(jnp.mean(valid))})
-    finally:
-        bar.close()
-    return TrainResult(eqx.combine(params, static), jnp.concatenate(chunks))
+    # The one training loop (inference.training): chunked, guarded, with the bar.
+    result = minimize(loss_fn, params, optimizer=optimizer, steps=steps, key=key,
+                      data=(data_arr, x0_arr), updates=updates, progress=progress,
+                      label="flow matching",
+                      advice="check the data (finite, of moderate scale)")
+    return TrainResult(eqx.combine(result.params, static), result.values)

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from inference import flow_matching as fm
-from inference import progress as progress_lib
+from inference.training import leaf_flags, non_finite_error, run_steps
 from inference.flows import FlowSpec, check_kind
 from inference.learned.checks import _STANDARDIZE, _check_optimizer, _positive_int
 from inference.learned.draws import _as_points
@@ -150,47 +150,44 @@ def fit_flow_to_draws(
     every = max(1, steps // 50)
     n_evals = steps // every
 
-    def body(carry, i):
-        theta, opt_state, losses, _, best = carry
-        idx = jax.random.randint(jax.random.fold_in(k_fit, i), (batch_size,), 0, n)
+    def step(state, i, key, data, guard):
+        theta, opt_state, best = state
+        y, y_val = data
+        idx = jax.random.randint(jax.random.fold_in(key, i), (batch_size,), 0, n)
         loss, grad = jax.value_and_grad(loss_fn)(theta, y[idx])
-        updates, new_state = optimizer.update(grad, opt_state, theta)
-        ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad))
-        theta = jnp.where(ok, optax.apply_updates(theta, updates), theta)
-        opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, opt_state)
+        updates, opt_state = optimizer.update(grad, opt_state, theta)
+        new_theta = optax.apply_updates(theta, updates)
         if y_val is not None:  # held-out NLL every `every` steps; keep the best weights
 
             def evaluate(best):
                 best_theta, best_val, best_step, vals = best
-                v = loss_fn(theta, y_val)
+                v = loss_fn(new_theta, y_val)
                 better = v < best_val  # a NaN is never better
-                return (jnp.where(better, theta, best_theta), jnp.where(better, v, best_val),
+                return (jnp.where(better, new_theta, best_theta), jnp.where(better, v, best_val),
                         jnp.where(better, i + 1, best_step), vals.at[(i + 1) // every - 1].set(v))
 
             best = jax.lax.cond((i + 1) % every == 0, evaluate, lambda b: b, best)
-        return (theta, opt_state, losses.at[i].set(loss), loss, best), None
+        ok = None
+        if guard:
+            ok = jnp.concatenate([jnp.isfinite(loss)[None], leaf_flags(grad),
+                                  leaf_flags(new_theta)])
+        return (new_theta, opt_state, best), loss, ok
 
-    bar = progress_lib.ProgressBar(steps, desc="flow fit", enabled=bool(progress))
-
-    @jax.jit
-    def run(theta):
-        dtype = theta.dtype
-        start = loss_fn(theta, y_val) if y_val is not None else jnp.asarray(jnp.inf, dtype)
-        best = (theta, start, jnp.zeros((), jnp.int32), jnp.full(n_evals, jnp.nan, dtype))
-        carry = (theta, optimizer.init(theta), jnp.zeros(steps, dtype), jnp.zeros((), dtype),
-                 best)
-        return progress_lib.scan(body, carry, jnp.arange(steps), steps, bar=bar,
-                                 postfix_fn=lambda c: {"nll": c[3], "held-out": c[4][1]})
-
-    try:
-        theta, _, losses, _, (best_theta, _, best_step, val_losses) = run(theta0)
-    finally:
-        bar.close()
-    finite = np.isfinite(np.asarray(losses))
-    if not finite.all():
-        raise FloatingPointError(
-            f"{owner}: non-finite negative log-likelihood from step {int(np.argmax(~finite))} on "
-            "(those steps were skipped); lower the learning rate, or standardize the draws.")
+    dtype = theta0.dtype
+    start = jax.jit(loss_fn)(theta0, y_val) if y_val is not None else jnp.asarray(jnp.inf, dtype)
+    best = (theta0, start, jnp.zeros((), jnp.int32), jnp.full(n_evals, jnp.nan, dtype))
+    # The one training loop (inference.training): chunked, guarded, with the bar.
+    trained = run_steps(step, (theta0, optimizer.init(theta0), best), steps=steps, key=k_fit,
+                        data=(y, y_val), progress=progress, label="flow fit",
+                        postfix=lambda losses: {"nll": float(jnp.mean(losses))})
+    if trained.stopped is not None:
+        stopped = trained.stopped
+        raise non_finite_error(
+            owner, stopped._replace(state=stopped.state[:2], previous=stopped.previous[:2]),
+            trained.outputs, ["theta"], quantity="negative log-likelihood",
+            advice="standardize the draws (standardize='full')")
+    theta, _, (best_theta, _, best_step, val_losses) = trained.state
+    losses = trained.outputs
     if y_val is None:
         return FittedFlow(Flow(spec, theta, loc, tril), losses, None, steps)
     return FittedFlow(Flow(spec, best_theta, loc, tril), losses, val_losses, int(best_step))

@@ -6,12 +6,12 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import optax
 
 from inference.score.losses import _check_batch, dsm_loss, ssm_loss
 from inference.score.predictions import _check_prediction
 from inference.score.processes import Process, _check_process
+from inference.training import minimize
 
 __all__ = ["fit_score"]
 
@@ -22,8 +22,11 @@ def fit_score(net: eqx.Module, proc: Process, data: jax.Array, key: jax.Array, *
               chunk: int = 200) -> tuple[eqx.Module, jax.Array]:
     """Train ``net`` by ``loss`` (``"dsm"`` or ``"ssm"``) with Adam (cosine-decayed rate).
 
-    Minibatches of ``batch_size`` rows of ``data`` drawn with replacement; ``chunk`` steps per
-    jit-compiled ``lax.scan``. Returns ``(trained net, loss per step)``.
+    Minibatches of ``batch_size`` rows of ``data`` drawn with replacement; about ``chunk``
+    steps per jit-compiled ``lax.scan`` of the library's training loop
+    (:mod:`inference.training`); step ``i`` uses ``fold_in(key, i)``. Returns ``(trained net,
+    loss per step)``. Raises :class:`inference.NonFiniteError` naming the network's leaf at
+    the first step whose loss, gradient or update is not finite.
 
     Example:
         >>> from inference.score import VP
@@ -47,33 +50,15 @@ def fit_score(net: eqx.Module, proc: Process, data: jax.Array, key: jax.Array, *
     sched = optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05)
     opt = optax.adam(sched)
     params, static = eqx.partition(net, eqx.is_inexact_array)
-    opt_state = opt.init(params)
 
-    @jax.jit
-    def run(params, opt_state, keys):
-        def step(carry, k):
-            params, opt_state = carry
-            kb, kl = jax.random.split(k)
-            idx = jax.random.randint(kb, (batch_size,), 0, data.shape[0])
+    def objective(p, k, data):
+        kb, kl = jax.random.split(k)
+        idx = jax.random.randint(kb, (batch_size,), 0, data.shape[0])
+        return loss_fn(eqx.combine(p, static), proc, data[idx], kl,
+                       prediction=prediction, weighting=weighting)
 
-            def objective(p):
-                return loss_fn(eqx.combine(p, static), proc, data[idx], kl,
-                               prediction=prediction, weighting=weighting)
-
-            value, grads = jax.value_and_grad(objective)(params)
-            upd, opt_state = opt.update(grads, opt_state, params)
-            return (optax.apply_updates(params, upd), opt_state), value
-
-        return jax.lax.scan(step, (params, opt_state), keys)
-
-    keys = jax.random.split(key, steps)
-    history = []
-    for start in range(0, steps, chunk):  # a ragged last chunk compiles once more
-        (params, opt_state), vals = run(params, opt_state, keys[start:start + chunk])
-        history.append(vals)
-    losses = jnp.concatenate(history)
-    if not bool(jnp.all(jnp.isfinite(losses))):
-        bad = int(jnp.argmax(~jnp.isfinite(losses)))
-        raise FloatingPointError(f"fit_score: the {loss} loss became non-finite at step {bad}; "
-                                 "lower learning_rate.")
-    return eqx.combine(params, static), losses
+    # The one training loop (inference.training): about steps / chunk compiled chunks.
+    result = minimize(objective, params, optimizer=opt, steps=steps, key=key, data=data,
+                      updates=-(-steps // chunk), label="fit_score",
+                      advice=f"check the data and the {loss} loss's weighting")
+    return eqx.combine(result.params, static), result.values

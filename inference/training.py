@@ -1,0 +1,456 @@
+"""The one training loop: guarded steps in compiled chunks, called a few times from the host.
+
+Every trainer in the library runs here: :func:`inference.fit` (objective programs),
+flow matching (:func:`inference.flow_matching.train`), score matching
+(:func:`inference.score.fit_score`), flows fitted to draws
+(:func:`inference.learned.fit_flow_to_draws`) and the models' own trainers
+(:func:`models.latent_flow.fit`, :func:`models.coopflow.fit`). A trainer gives one *step*;
+:func:`run_steps` does the rest, the same way for all of them:
+
+- **Chunks.** The ``steps`` are split into about ``updates`` chunks
+  (:func:`inference.progress.chunk_sizes`); one chunk is one jit-compiled ``lax.scan``, compiled
+  once through :func:`inference.compilation.compiling` (a "compiling..." line, the program
+  cache when the trainer gives a ``program_key``). Between chunks the host moves the progress
+  bar (with the trainer's ``postfix``) and checks finiteness: one device sync per chunk, never
+  per step. A padded last chunk leaves its extra steps idle.
+- **Keys.** Step ``i`` gets the run's key and ``i``; trainers use ``fold_in(key, i)``, so
+  the result does not depend on the chunking.
+- **Non-finite values.** The fast chunk applies plain steps and checks, at its end, that
+  every output and every floating-point leaf of the state is finite. If not, the chunk (and
+  the one before it) is replayed with the *guarded* step: a step whose ``ok`` flags are not
+  all true is not applied and the remaining steps idle. The replay finds the exact first bad
+  step, which parts went non-finite (the flags), the state it started from and the state one
+  step before (:class:`Stopped`). Step keys are the same in the replay, so it draws the same
+  numbers. The trainer turns :class:`Stopped` into its error (:func:`non_finite_error` for
+  optax-style trainers; :class:`NonFiniteError` in every case).
+
+A step is ``step(state, i, key, data, guard) -> (new_state, outputs, ok)``: ``state`` any
+pytree (parameters, optimizer state, banks of chains), ``outputs`` a pytree of per-step
+values (losses, diagnostics), ``ok`` (only needed when ``guard`` is true) a 1-D boolean
+array, one flag per part the trainer wants named. :func:`minimize` builds the step for the
+common case (an optax optimizer on a loss) and names the parameter leaf that went bad.
+
+Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> loss = lambda p, key, data: jnp.sum((p["w"] - data) ** 2)
+    >>> r = minimize(loss, {"w": jnp.zeros(2)}, optimizer=optax.sgd(0.1), steps=100,
+    ...              key=jax.random.key(0), data=jnp.array([1.0, -2.0]))
+    >>> [round(float(x), 3) for x in r.params["w"]], r.values.shape
+    ([1.0, -2.0], (100,))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from inference.compilation import compiling
+from inference.progress import ProgressBar, chunk_sizes
+
+__all__ = ["run_steps", "minimize", "Trained", "Stopped", "FitResult", "NonFiniteError",
+           "non_finite_error", "all_finite", "leaf_flags", "leaf_names"]
+
+#: ``step(state, i, key, data, guard) -> (new_state, outputs, ok)`` (see the module docstring).
+Step = Callable[[Any, jax.Array, jax.Array, Any, bool], tuple[Any, Any, Any]]
+
+
+class FitResult(NamedTuple):
+    """What :func:`inference.fit` and :func:`minimize` return.
+
+    Attributes:
+        params: the fitted parameters (same pytree structure as the initial ones).
+        values: per-step objective (or loss) values, shape ``(steps,)`` (or the steps that
+            ran before a non-finite one, in :attr:`NonFiniteError.result`).
+    """
+
+    params: Any
+    values: jax.Array
+
+
+class NonFiniteError(FloatingPointError):
+    """A training step's value, a gradient or an updated parameter stopped being finite.
+
+    Raised by every trainer (:func:`inference.fit`, :func:`minimize` and the trainers built on
+    it, :func:`models.latent_flow.fit`, :func:`models.coopflow.fit`). Step ``j`` evaluates
+    the value and its gradients at the params after ``j`` updates and applies one more
+    update. The first step where the value, a gradient leaf or an updated leaf is not finite
+    is ``step``; nothing from it is applied.
+
+    Attributes:
+        step: 0-based index of that first bad step.
+        kind: what went non-finite first: ``"objective"`` (the value; gradients may be
+            non-finite too), ``"gradient"`` (a gradient leaf, with a finite value) or
+            ``"update"`` (an updated parameter overflowed; value and gradients finite); the
+            model trainers use their part names.
+        leaf: the pytree path of the first parameter leaf whose gradient (or, for ``"update"``,
+            updated value) was not finite (``"params['loc']"``), or ``"objective"`` when only
+            the value was (every gradient finite); the model trainers name the part.
+        leaves: every such parameter leaf path (empty when ``leaf == "objective"``).
+        params, opt_state: the last good state, from which a smaller learning rate can carry
+            on: for ``"objective"`` and ``"gradient"``, the params and optimizer state of the
+            step before ``step`` (the last point where the value and its gradients were
+            finite; the initial ones if ``step`` is 0); for ``"update"``, those of ``step``.
+        params_step: how many updates ``params`` had (``step - 1``, ``step``, or 0).
+        bad_params: the params ``step`` was evaluated at (where to look at the model).
+        result: :class:`FitResult` with ``params`` and the ``step`` values before ``step``.
+
+    Example:
+        >>> import jax.numpy as jnp, optax, ppl, inference
+        >>> @ppl.expectation
+        ... def cliff(params):  # NaN once x passes 2.5; SGD(1) moves x by 1 per step
+        ...     return jnp.where(params["x"] > 2.5, jnp.nan, params["x"])
+        >>> try:
+        ...     inference.fit(cliff, {"x": jnp.zeros(())}, optimizer=optax.sgd(1.0),
+        ...                   steps=10, progress=False)
+        ... except inference.NonFiniteError as err:
+        ...     print(err.step, err.kind, err.leaf, float(err.params["x"]),
+        ...           float(err.bad_params["x"]))
+        3 objective objective 2.0 3.0
+    """
+
+    def __init__(self, message: str, step: int, leaf: str | None, result: FitResult, *,
+                 kind: str | None = None, leaves: tuple[str, ...] = (), opt_state: Any = None,
+                 bad_params: Any = None, params_step: int | None = None):
+        super().__init__(message)
+        self.step, self.leaf, self.result = step, leaf, result
+        self.kind, self.leaves = kind, tuple(leaves)
+        self.params, self.opt_state, self.bad_params = result.params, opt_state, bad_params
+        self.params_step = step if params_step is None else params_step
+
+
+def _inexact_leaves(tree: Any) -> list:
+    return [x for x in jax.tree_util.tree_leaves(tree)
+            if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.inexact)]
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """One boolean: every floating-point array leaf of ``tree`` is finite (True if none).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> bool(all_finite({"a": jnp.ones(2), "b": jnp.array([1.0, jnp.nan]), "n": 3}))
+        False
+    """
+    arrays = _inexact_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in arrays])) if arrays \
+        else jnp.asarray(True)
+
+
+def leaf_flags(tree: Any) -> jax.Array:
+    """One flag per leaf of ``tree``: is every element finite (the order of ``leaf_names``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> leaf_flags({"a": jnp.ones(2), "b": jnp.array([jnp.inf])}).tolist()
+        [True, False]
+    """
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return jnp.zeros((0,), bool)
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def leaf_names(tree: Any, prefix: str = "params") -> list[str]:
+    """The pytree path of every leaf, e.g. ``["params['loc']", "params['scale']"]``.
+
+    Example:
+        >>> leaf_names({"loc": 0.0, "scale": 1.0})
+        ["params['loc']", "params['scale']"]
+    """
+    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [f"{prefix}{jax.tree_util.keystr(path)}" for path, _ in paths]
+
+
+class Stopped(NamedTuple):
+    """Where a guarded replay stopped: the first step whose ``ok`` flags were not all true.
+
+    Attributes:
+        step: its 0-based index.
+        ok: its flags (``False`` marks the parts that went non-finite), a numpy array.
+        state: the state that step started from (every step before it was applied).
+        previous: the state one step earlier (``state`` itself when ``step`` is 0).
+    """
+
+    step: int
+    ok: np.ndarray
+    state: Any
+    previous: Any
+
+
+class Trained(NamedTuple):
+    """What :func:`run_steps` returns.
+
+    Attributes:
+        state: the final state (or, when stopped, the state the bad step started from).
+        outputs: the steps' outputs, leading axis ``steps`` (when stopped: the steps up to
+            and including the bad one).
+        stopped: ``None``, or :class:`Stopped`.
+    """
+
+    state: Any
+    outputs: Any
+    stopped: Stopped | None
+
+
+def _filler(shape: jax.ShapeDtypeStruct) -> jax.Array:
+    fill = jnp.nan if jnp.issubdtype(shape.dtype, jnp.inexact) else 0
+    return jnp.full(shape.shape, fill, shape.dtype)
+
+
+def run_steps(
+    step: Step,
+    state: Any,
+    *,
+    steps: int,
+    key: jax.Array,
+    data: Any = (),
+    updates: int = 20,
+    progress: bool | ProgressBar = False,
+    label: str = "train",
+    program_key: tuple | None = None,
+    postfix: Callable[[Any], dict] | None = None,
+) -> Trained:
+    """Run ``steps`` of ``step`` from ``state`` in compiled chunks (see the module docstring).
+
+    Args:
+        step: ``step(state, i, key, data, guard) -> (new_state, outputs, ok)``; with
+            ``guard`` false, ``ok`` may be ``None`` (it is not used).
+        state: the initial state, a pytree.
+        steps: the number of steps (an int >= 1).
+        key: a ``jax.random.key``, passed to every step with its index.
+        data: arrays the steps read (program arguments, not constants).
+        updates: about how many chunks (host round trips).
+        progress: show a bar labelled ``label``, or a :class:`ProgressBar` to report to.
+        label: names the bar and the compiled programs.
+        program_key: what, besides the shapes of ``state``/``key``/``data``, decides the
+            program (the step's settings): then the compiled chunks are cached; ``None``: they
+            are compiled for this call only.
+        postfix: ``postfix(outputs of the chunk's valid steps) -> dict`` for the bar.
+
+    Returns:
+        :class:`Trained` ``(state, outputs, stopped)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> def halve(x, i, key, data, guard):
+        ...     new = x / 2 + data
+        ...     return new, new, jnp.isfinite(new)[None] if guard else None
+        >>> t = run_steps(halve, jnp.asarray(0.0), steps=30, key=jax.random.key(0),
+        ...               data=jnp.asarray(1.0))
+        >>> round(float(t.state), 4), t.outputs.shape, t.stopped
+        (2.0, (30,), None)
+    """
+    n_chunks, chunk = chunk_sizes(steps, updates)
+    padded = n_chunks * chunk > steps
+    shapes = jax.eval_shape(lambda s, k, d: step(s, jnp.asarray(0, jnp.int32), k, d, True),
+                            state, key, data)
+    out_shape, ok_shape = shapes[1], shapes[2]
+    idle_outputs = lambda: jax.tree.map(_filler, out_shape)  # noqa: E731
+
+    def fast_chunk(state, start, key, data):
+        indices = start + jnp.arange(chunk, dtype=start.dtype)
+
+        def body(s, i):
+            def go(s):
+                new, out, _ = step(s, i, key, data, False)
+                return new, out
+            if padded:  # steps past the end leave everything untouched
+                return jax.lax.cond(i < steps, go, lambda s: (s, idle_outputs()), s)
+            return go(s)
+
+        state, outputs = jax.lax.scan(body, state, indices)
+        valid = indices < steps
+        finite = [jnp.all(jnp.isfinite(x) | ~valid.reshape((-1,) + (1,) * (x.ndim - 1)))
+                  for x in _inexact_leaves(outputs)]
+        ok = all_finite(state)
+        if finite:
+            ok = ok & jnp.all(jnp.stack(finite))
+        return state, outputs, ok
+
+    def guarded_chunk(carry, start, key, data):
+        def body(c, i):
+            def go(c):
+                s, previous, bad, flags = c
+                new, out, ok = step(s, i, key, data, True)
+                good = jnp.all(ok)
+                keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(good, x, y), a, b)  # noqa: E731
+                return (keep(new, s), keep(s, previous), jnp.where(good, bad, i.astype(bad.dtype)),
+                        jnp.where(good, flags, ok)), out
+            # Steps past the end, or after a non-finite one, leave everything untouched.
+            return jax.lax.cond((i < steps) & (c[2] < 0), go, lambda c: (c, idle_outputs()), c)
+
+        return jax.lax.scan(body, carry, start + jnp.arange(chunk, dtype=start.dtype))
+
+    def guard_carry(state):
+        return (state, state, jnp.asarray(-1, jnp.int32), jnp.ones(ok_shape.shape, bool))
+
+    bar = progress if isinstance(progress, ProgressBar) else ProgressBar(
+        steps, desc=label, enabled=bool(progress))
+    starts = [jnp.asarray(c * chunk, jnp.int32) for c in range(n_chunks)]
+    cache_key = lambda kind: None if program_key is None else (  # noqa: E731
+        "training", label, kind, steps, chunk, *program_key)
+
+    def compiled_guarded():
+        with compiling(f"{label} (guarded replay)", bar.enabled) as programs:
+            return programs.compile(jax.jit(guarded_chunk),
+                                    (guard_carry(state), starts[0], key, data),
+                                    key=cache_key("guarded"))
+
+    # Compile before the bar opens, so that its clock counts steps only.
+    with compiling(label, bar.enabled) as programs:
+        fast = programs.compile(jax.jit(fast_chunk), (state, starts[0], key, data),
+                                key=cache_key("fast"))
+    bar.update(0, {})
+    chunks: list = []
+    stopped = None
+    previous = state  # the state at the start of the chunk before (for the replay)
+    try:
+        for c in range(n_chunks):
+            new_state, outputs, ok = fast(state, starts[c], key, data)
+            if not bool(ok):  # one host sync per chunk
+                # Replay from the chunk before (if any) with the guarded step, so that the
+                # state one step before the bad one is known even when the bad step is the
+                # chunk's first.
+                first = max(c - 1, 0)
+                carry = guard_carry(previous if c > 0 else state)
+                del chunks[first:]
+                replay = compiled_guarded()
+                for r in range(first, c + 1):
+                    carry, outputs = replay(carry, starts[r], key, data)
+                    chunks.append(outputs)
+                    if int(carry[2]) >= 0:
+                        break
+                if int(carry[2]) >= 0:
+                    stopped = Stopped(int(carry[2]), np.asarray(carry[3]), carry[0], carry[1])
+                    break
+                # The guarded replay found every step finite (the two programs may round
+                # differently): carry on from its state.
+                new_state = carry[0]
+            else:
+                chunks.append(outputs)
+            previous, state = state, new_state
+            if bar.enabled:
+                done = min((c + 1) * chunk, steps)
+                valid = jax.tree.map(lambda x: x[:done - c * chunk], outputs)
+                bar.update(done, postfix(valid) if postfix else {})
+    finally:
+        bar.close()
+
+    outputs = jax.tree.map(lambda *xs: jnp.concatenate(xs), *chunks)
+    if stopped is None:
+        return Trained(state, jax.tree.map(lambda x: x[:steps], outputs), None)
+    return Trained(stopped.state, jax.tree.map(lambda x: x[:stopped.step + 1], outputs), stopped)
+
+
+def optax_step(value_and_grad: Callable, optimizer: optax.GradientTransformation) -> Step:
+    """The step of :func:`minimize`: ``state = (params, opt_state)``, flags
+    ``[value, gradient leaves..., updated leaves...]``.
+
+    ``value_and_grad(params, key, data) -> (value, grads)`` with ``grads`` the direction to
+    descend (the gradient of a loss); ``key`` is ``fold_in(run key, i)``.
+    """
+
+    def step(state, i, key, data, guard):
+        params, opt_state = state
+        value, grads = value_and_grad(params, jax.random.fold_in(key, i), data)
+        value = jnp.asarray(value)
+        upd, new_opt = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, upd)
+        ok = None
+        if guard:
+            ok = jnp.concatenate([jnp.isfinite(value)[None], leaf_flags(grads),
+                                  leaf_flags(new_params)])
+        return (new_params, new_opt), value, ok
+
+    return step
+
+
+def non_finite_error(owner: str, stopped: Stopped, values: jax.Array, names: list[str], *,
+                     quantity: str = "loss", advice: str = "") -> NonFiniteError:
+    """The :class:`NonFiniteError` for an :func:`optax_step` run that stopped.
+
+    ``names`` are the parameter leaves' paths (:func:`leaf_names`), ``values`` the steps'
+    values (through the bad step), ``quantity`` what the value is ("loss", "objective
+    estimate"), ``advice`` where to look besides the learning rate.
+    """
+    bad_step = stopped.step
+    n = len(names)
+    flags = ~np.asarray(stopped.ok, bool)
+    bad_value, bad_grads, bad_updates = bool(flags[0]), flags[1:1 + n], flags[1 + n:1 + 2 * n]
+    value = float(values[bad_step])
+    kind = "objective" if bad_value else ("gradient" if bad_grads.any() else "update")
+    marks = bad_updates if kind == "update" else bad_grads
+    leaves = tuple(name for name, f in zip(names, marks) if f)
+    leaf = leaves[0] if leaves else "objective"
+    listed = ", ".join(leaves[:4]) + (f" and {len(leaves) - 4} more" if len(leaves) > 4 else "")
+    bad_params, bad_state = stopped.state
+    if kind == "update":
+        # The value and gradients at the step's params were finite: restart from there.
+        good, good_state, good_step = bad_params, bad_state, bad_step
+        what = (f"the update made parameter leaf {listed} non-finite (overflow; the {quantity} "
+                f"{value} and the gradients were finite)")
+    else:
+        (good, good_state), good_step = stopped.previous, max(bad_step - 1, 0)
+        if kind == "objective" and not leaves:
+            what = (f"only the {quantity} was non-finite ({value}; the gradients were "
+                    "finite), so err.leaf is 'objective'")
+        elif kind == "objective":
+            what = f"non-finite {quantity} ({value}) and gradient of {listed}"
+        else:
+            what = f"non-finite gradient of {listed} ({quantity} {value})"
+    last = "" if kind == "update" else (f", the last point where the {quantity} and gradients "
+                                        "were finite")
+    message = (
+        f"{owner}: step {bad_step} (0-based) went non-finite: {what}. Training stopped. "
+        f"err.params and err.opt_state hold the last good state (after {good_step} update(s)"
+        f"{last}); err.bad_params the params step {bad_step} was evaluated at. To fix: lower the "
+        "learning rate (or clip gradients, optax.clip_by_global_norm) and restart from "
+        f"err.params{', and ' + advice if advice else ''}."
+    )
+    return NonFiniteError(message, bad_step, leaf, FitResult(good, values[:bad_step]),
+                          kind=kind, leaves=leaves, opt_state=good_state, bad_params=bad_params,
+                          params_step=good_step)
+
+
+def minimize(
+    loss: Callable,
+    params: Any,
+    *,
+    optimizer: optax.GradientTransformation,
+    steps: int,
+    key: jax.Array,
+    data: Any = (),
+    updates: int = 20,
+    progress: bool | ProgressBar = False,
+    label: str = "train",
+    program_key: tuple | None = None,
+    advice: str = "check the data (finite, of moderate scale)",
+) -> FitResult:
+    """Minimize ``loss(params, key, data)`` with ``optimizer`` by :func:`run_steps`.
+
+    Step ``i`` gets ``fold_in(key, i)``. Raises :class:`NonFiniteError` naming the parameter
+    leaf (``params['w']``) at the first step whose loss, gradient or update is not finite,
+    with the last good params and optimizer state.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> r = minimize(lambda p, k, d: (p - d) ** 2, jnp.asarray(0.0),
+        ...              optimizer=optax.sgd(0.25), steps=20, key=jax.random.key(0),
+        ...              data=jnp.asarray(3.0))
+        >>> round(float(r.params), 3)
+        3.0
+    """
+    names = leaf_names(params)
+    step = optax_step(lambda p, k, d: jax.value_and_grad(loss)(p, k, d), optimizer)
+    trained = run_steps(
+        step, (params, optimizer.init(params)), steps=steps, key=key, data=data,
+        updates=updates, progress=progress, label=label, program_key=program_key,
+        postfix=lambda values: {"loss": float(jnp.mean(values))},
+    )
+    if trained.stopped is not None:
+        raise non_finite_error(label, trained.stopped, trained.outputs, names, advice=advice)
+    return FitResult(trained.state[0], trained.outputs)
