@@ -176,10 +176,11 @@ def diagnose(result: Any) -> list[str]:
         >>> import numpyro.distributions as dist, ppl, inference
         >>> def model():
         ...     ppl.sample("x", dist.Normal(0.0, 1.0))
-        >>> r = inference.infer(model, num_samples=500, num_warmup=300, num_chains=2,
-        ...                     progress=False, key=1)
-        >>> diagnose(r)
-        []
+        >>> r = inference.infer(model, num_samples=20, num_warmup=50, num_chains=2,
+        ...                     progress=False, diagnostics=False)
+        >>> # 40 draws cannot give a bulk ESS of 100 per chain
+        >>> "bulk ESS below 100 per chain" in [m.split(" (")[0] for m in diagnose(r)]
+        True
     """
     markov = bool(getattr(result.method, "markov_chains", False))
     return check_draws(result.samples, result.stats, result.num_chains, markov)

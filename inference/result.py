@@ -173,7 +173,7 @@ class Result:
             ...                     progress=False, diagnostics=False)
             >>> path = os.path.join(tempfile.mkdtemp(), "r.npz")
             >>> r.save(path)
-            >>> (inference.load_result(path).samples["x"] == r.samples["x"]).all()
+            >>> bool((inference.load_result(path).samples["x"] == r.samples["x"]).all())
             True
         """
         arrays, meta = {}, {"kind": "result"}
