@@ -38,7 +38,7 @@ ALL_NAMES = posteriordb.names()
 @functools.cache
 def _load_cached(name, x64):
     with jax.enable_x64(x64), warnings.catch_warnings():
-        # gp_pois_regr warns when loaded in float32; test_gp_warns_in_float32_only checks it
+        # (gp_pois_regr used to warn when loaded in float32; it no longer does)
         warnings.filterwarnings("ignore", message=".*needs float64", category=UserWarning)
         return posteriordb.load(name)
 
@@ -128,14 +128,13 @@ def test_unknown_name_raises_key_error_listing_names():
         posteriordb.load("eight_school")
 
 
-def test_gp_warns_in_float32_only():
-    with jax.enable_x64(False):
-        with pytest.warns(UserWarning, match="float64"):
-            posteriordb.load("gp_pois_regr")
-    with jax.enable_x64(True), warnings.catch_warnings():
-        warnings.simplefilter("error")
-        _, data = posteriordb.load("gp_pois_regr")
-        assert data["x"].dtype == jnp.float64
+def test_gp_loads_without_warning_in_both_precisions():
+    # float32 works now (scaled jitter); tests/test_posteriordb_float32.py checks its posterior
+    for x64, dtype in ((False, jnp.float32), (True, jnp.float64)):
+        with jax.enable_x64(x64), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _, data = posteriordb.load("gp_pois_regr")
+            assert data["x"].dtype == dtype
 
 
 # ---------------------------------------------------------------------------
