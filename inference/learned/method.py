@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from inference.flows import FlowSpec, check_kind
@@ -63,7 +64,11 @@ class Learned(Method):
 
     The :class:`inference.Result`: ``samples`` of every latent and deterministic site,
     ``(chains, draws, *shape)``; ``stats``: ``lp`` (log density on the unconstrained space,
-    as NUTS reports it), ``log_q`` (the proposal's there), ``n_grad`` (0), and with IRMH
+    as NUTS reports it), ``log_q`` (the proposal's there), ``n_grad`` (gradient evaluations of
+    the model's log density: those the source recorded when Learned ran it, spread evenly
+    over the draws, plus the sampler's own, 0 for IRMH and i.i.d. draws; so
+    ``stats["n_grad"].sum()`` is the total, also in ``tuning["n_grad"]``, the source's part in
+    ``tuning["source_n_grad"]``; fitting the flow differentiates no model), and with IRMH
     ``acceptance_rate``, ``is_accepted`` and ``proposal_log_weight`` (the log importance
     weight of each step's proposal), without it ``log_weight``. ``tuning``: ``pareto_k`` and
     ``log_z`` (the importance estimate of the log marginal likelihood), and ``importance``,
@@ -281,6 +286,8 @@ class Learned(Method):
             samples, stats, log_w = _irmh_chains(proposal, logdensity, constrain, k_run,
                                                  num_chains, num_warmup, num_samples, progress)
         timing["sample"] = time.perf_counter() - t2
+        stats, tuning["n_grad"], tuning["source_n_grad"] = _count_gradients(
+            stats, tuning.get("source") if _is_method(self.source) else None)
         if log_w is None:  # uncorrected draws of a proposal without a density
             return samples, stats, tuning, timing
         diagnostics = importance_diagnostics(np.asarray(log_w))
@@ -294,6 +301,21 @@ class Learned(Method):
                                    if self.correct else "The i.i.d. draws are unreliable; use "
                                    "correct='irmh'."), stacklevel=3)
         return samples, stats, tuning, timing
+
+
+def _count_gradients(stats: dict, source_result: Any) -> tuple[dict, float, float]:
+    """``stats`` with ``n_grad`` counting the source's gradients too (spread evenly over the
+    draws, as SMC does), the total and the source's part.
+
+    The source's count is what it recorded, its ``stats["n_grad"]`` summed (NUTS records
+    those of its kept draws; VI records none); Learned's own are its kernel's (IRMH: 0).
+    """
+    own = float(np.sum(np.asarray(stats["n_grad"], np.float64)))
+    recorded = None if source_result is None else source_result.stats.get("n_grad")
+    source = 0.0 if recorded is None else float(np.sum(np.asarray(recorded, np.float64)))
+    per_draw = stats["n_grad"].astype(jnp.result_type(float))
+    stats = dict(stats, n_grad=per_draw + source / per_draw.size)
+    return stats, own + source, source
 
 
 def _kinds() -> list[str]:
