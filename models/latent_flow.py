@@ -60,7 +60,7 @@ import optax
 from inference import langevin
 from inference.fit import FitResult, NonFiniteError, all_finite
 from inference.flows import FlowSpec
-from inference.progress import ProgressBar, chunk_sizes
+from inference.training import run_steps
 from inference.arguments import as_key  # infer's rules; no default key here
 
 __all__ = [
@@ -560,7 +560,7 @@ def update(
 
 
 class _Config(NamedTuple):
-    """What a compiled chunk of :func:`fit` is specialised on (hashable: static)."""
+    """What a step of :func:`fit` is specialised on."""
 
     static: Any  # the model's non-array part
     optimizers: Optimizers
@@ -569,11 +569,12 @@ class _Config(NamedTuple):
     steps: int
     batch: int
     persistent: bool
-    chunk: int
 
 
-def _fit_step(config: _Config, carry, i, data, key):
-    params, opt_state, bank, bad_step, bad_part = carry
+def _fit_step(config: _Config, state, i, key, data, guard):
+    """One learning step for :func:`inference.training.run_steps`: flags ``[latents,
+    generator, prior]`` (the order of ``_PARTS``)."""
+    params, opt_state, bank = state
     m = eqx.combine(params, config.static)
     k_batch, k_init, k_lang = jax.random.split(jax.random.fold_in(key, i), 3)
     idx = jax.random.choice(k_batch, data.shape[0], (config.batch,), replace=False)
@@ -581,28 +582,10 @@ def _fit_step(config: _Config, carry, i, data, key):
     z0 = bank[idx] if config.persistent else _prior_draws(m, k_init, config.batch)
     z = _infer(m, xb, z0, k_lang, config.langevin_steps, config.step_size)
     new_m, new_opt, info = _update(m, opt_state, xb, z, config.optimizers)
-    ok_parts = jnp.stack([jnp.all(jnp.isfinite(z)), info["generator_finite"],
-                          info["prior_finite"]])
-    ok = jnp.all(ok_parts)
+    ok = jnp.stack([jnp.all(jnp.isfinite(z)), info["generator_finite"], info["prior_finite"]])
     new_params = eqx.filter(new_m, eqx.is_inexact_array)
     new_bank = bank.at[idx].set(z) if config.persistent else bank
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-    part = jnp.argmin(ok_parts).astype(jnp.int32)  # the first part that is not finite
-    carry = (keep(new_params, params), keep(new_opt, opt_state), keep(new_bank, bank),
-             jnp.where(ok, bad_step, i), jnp.where(ok, bad_part, part))
-    return carry, (info["log_likelihood"], info["log_prior"])
-
-
-@eqx.filter_jit
-def _run_chunk(config: _Config, carry, start, data, key):
-    nan = jnp.asarray(jnp.nan, data.dtype)
-
-    def body(c, i):
-        go = (i < config.steps) & (c[3] < 0)  # past the end, or after a non-finite step: idle
-        return jax.lax.cond(go, lambda c: _fit_step(config, c, i, data, key),
-                            lambda c: (c, (nan, nan)), c)
-
-    return jax.lax.scan(body, carry, start + jnp.arange(config.chunk))
+    return (new_params, new_opt, new_bank), (info["log_likelihood"], info["log_prior"]), ok
 
 
 def fit(
@@ -685,33 +668,20 @@ def fit(
     persistent = bool(persistent)
     bank = _prior_draws_jit(model, jax.random.fold_in(key, 2**31 - 1), n) if persistent else \
         jnp.zeros((0, model.latent_dim))
-    n_chunks, chunk = chunk_sizes(steps, updates)
-    config = _Config(static, optimizers, K, h, steps, batch, persistent, chunk)
-    run = lambda carry, start: _run_chunk(config, carry, start, data, key)  # noqa: E731
-    carry = (params, optimizers.init(model), bank, jnp.asarray(-1, jnp.int32),
-             jnp.asarray(0, jnp.int32))
-    bar = ProgressBar(steps, desc="latent_flow.fit", enabled=bool(progress))
-    lls, lps = [], []
-    try:
-        for c in range(n_chunks):
-            carry, (ll, lp) = run(carry, jnp.asarray(c * chunk, jnp.int32))
-            lls.append(ll)
-            lps.append(lp)
-            bad = int(carry[3])
-            if bad >= 0:
-                break
-            if bar.enabled:
-                done = min((c + 1) * chunk, steps)
-                bar.update(done, {"log p(x|z)": float(jnp.nanmean(ll)),
-                                  "log q(z)": float(jnp.nanmean(lp))})
-    finally:
-        bar.close()
-    bad = int(carry[3])
-    fitted = eqx.combine(carry[0], static)
-    ll, lp = jnp.concatenate(lls), jnp.concatenate(lps)
-    if bad < 0:
-        return fitted, {"log_likelihood": ll[:steps], "log_prior": lp[:steps]}
-    part = _PARTS[int(carry[4])]
+    config = _Config(static, optimizers, K, h, steps, batch, persistent)
+    # The one training loop (inference.training): chunked, guarded, with the bar.
+    trained = run_steps(
+        lambda state, i, key, data, guard: _fit_step(config, state, i, key, data, guard),
+        (params, optimizers.init(model), bank), steps=steps, key=key, data=data,
+        updates=updates, progress=progress, label=owner,
+        postfix=lambda out: {"log p(x|z)": float(jnp.nanmean(out[0])),
+                             "log q(z)": float(jnp.nanmean(out[1]))})
+    fitted = eqx.combine(trained.state[0], static)
+    ll, lp = trained.outputs
+    if trained.stopped is None:
+        return fitted, {"log_likelihood": ll, "log_prior": lp}
+    bad = trained.stopped.step
+    part = _PARTS[int(np.argmin(trained.stopped.ok))]  # the first part that is not finite
     history = {"log_likelihood": ll[:bad], "log_prior": lp[:bad]}
     advice = {
         "latents": "the Langevin chains diverged: lower step_size (below 2 / the curvature "
