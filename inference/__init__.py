@@ -30,6 +30,8 @@ from inference.langevin_methods import MALA, SGHMC, SGLD, ULA, RandomizedMidpoin
 from inference.initialization import initial_positions
 from inference.nuts import NUTS
 from inference.result import Result, load_result
+# eager, like infer: the function must win over the submodule of the same name
+from inference.sbc import SBCResult, sbc
 from inference.smc import SMC, SMCResult, tempered_smc
 from inference.vi import VI
 
@@ -56,6 +58,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "infer",
+    "sbc",
+    "SBCResult",
     "disk_cache",
     "Result",
     "load_result",
