@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["positive_int", "as_key", "is_dynamic", "split_arguments", "as_arrays",
+__all__ = ["positive_int", "check_int", "check_number", "as_key", "is_dynamic", "split_arguments", "as_arrays",
            "static_part", "CONCRETE_ERRORS"]
 
 #: Errors of a model that uses the *values* of its data in Python (``if y.sum() > 0``,
@@ -51,6 +52,41 @@ def positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
         need = "a non-negative int" if allow_zero else "a positive int"
         raise ValueError(f"{name} must be {need}; got {value!r} ({type(value).__name__}).")
     return int(value)
+
+
+def check_int(owner: str, name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int ``>= minimum``, or ``ValueError("owner(name=value): must be ...")``.
+
+    The form every function's own arguments use (``positive_int`` is ``infer``'s and
+    ``fit``'s keyword form). Bools are refused.
+
+    Example:
+        >>> check_int("train", "steps", 100)
+        100
+        >>> check_int("train", "steps", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: train(steps=0): must be a positive int.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        need = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
+        raise ValueError(f"{owner}({name}={value!r}): must be {need}.")
+    return int(value)
+
+
+def check_number(owner: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """``value`` as a finite float ``> 0`` (``>= 0`` with ``allow_zero``), else a ``ValueError``
+    in the form of :func:`check_int`.
+
+    Example:
+        >>> check_number("fit", "alpha", 0.0, allow_zero=True)
+        0.0
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (value >= 0 if allow_zero else value > 0):
+        need = "a finite number >= 0" if allow_zero else "a positive finite number"
+        raise ValueError(f"{owner}({name}={value!r}): must be {need}.")
+    return float(value)
 
 
 def as_key(key: Any) -> jax.Array:

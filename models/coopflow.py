@@ -65,8 +65,6 @@ Example:
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, Callable, NamedTuple
 
 import equinox as eqx
@@ -76,6 +74,7 @@ import numpy as np
 import optax
 
 from inference import langevin
+from inference.arguments import check_int, check_number
 from inference.fit import FitResult, NonFiniteError, all_finite
 from inference.flows import FlowSpec, check_kind
 from inference.progress import ProgressBar, chunk_sizes
@@ -94,24 +93,15 @@ FAST_KINDS = ("affine_coupling", "spline_coupling")
 # Checks
 # ----------------------------------------------------------------------------------------
 def _int(fn: str, name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"coopflow.{fn}({name}={value!r}): must be {what}.")
-    return int(value)
+    return check_int(f"coopflow.{fn}", name, value, minimum)
 
 
 def _positive(fn: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-            math.isfinite(value) and value > 0):
-        raise ValueError(f"coopflow.{fn}({name}={value!r}): must be a positive finite number.")
-    return float(value)
+    return check_number(f"coopflow.{fn}", name, value)
 
 
 def _nonnegative(fn: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-            math.isfinite(value) and value >= 0):
-        raise ValueError(f"coopflow.{fn}({name}={value!r}): must be a finite number >= 0.")
-    return float(value)
+    return check_number(f"coopflow.{fn}", name, value, allow_zero=True)
 
 
 def _check_model(fn: str, model: Any) -> "CoopFlow":

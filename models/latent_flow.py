@@ -61,7 +61,7 @@ from inference import langevin
 from inference.fit import FitResult, NonFiniteError, all_finite
 from inference.flows import FlowSpec
 from inference.training import run_steps
-from inference.arguments import as_key  # infer's rules; no default key here
+from inference.arguments import as_key, check_int, check_number  # infer's rules; no default key here
 
 __all__ = [
     "LIKELIHOODS", "LatentFlowModel", "Optimizers", "init", "log_prior", "log_likelihood",
@@ -145,18 +145,11 @@ class LatentFlowModel(eqx.Module):
 
 
 def _positive_int(name: str, value: Any, owner: str, allow_zero: bool = False) -> int:
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok or value < (0 if allow_zero else 1):
-        need = "a non-negative int" if allow_zero else "a positive int"
-        raise ValueError(f"{owner}({name}={value!r}): must be {need}.")
-    return int(value)
+    return check_int(owner, name, value, minimum=0 if allow_zero else 1)
 
 
 def _positive_float(name: str, value: Any, owner: str) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not ok or not (math.isfinite(float(value)) and float(value) > 0):
-        raise ValueError(f"{owner}({name}={value!r}): must be a positive finite number.")
-    return float(value)
+    return check_number(owner, name, value)
 
 
 def _as_key(key: Any, owner: str) -> jax.Array:

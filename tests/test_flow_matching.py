@@ -129,8 +129,11 @@ def test_closed_form_endpoints():
 
 @pytest.mark.slow  # 2000 Adam steps; fm.train runs by default in its doctest and below
 def test_trained_field_approaches_closed_form(null_bound):
-    # 2000 Adam steps (~2 s): measured relative L2 error 0.019 over the path distribution,
-    # asserted < 0.05; its samples must pass the same energy-distance test as exact ones.
+    # 2000 Adam steps (~2 s). The correctness check is the last one: the trained field's
+    # samples must pass the same energy-distance test as exact ones (derived bound: mean +
+    # 4 sd of the null law, see the module docstring). The relative L2 error < 0.05 is a
+    # regression guard (measured 0.019 when written; a trained network's error has no
+    # first-principles bound).
     bound, _ = null_bound
     steps = 2000
     v = fm.VelocityMLP(2, jax.random.key(0), width=64, depth=2)
@@ -144,11 +147,12 @@ def test_trained_field_approaches_closed_form(null_bound):
     xt = (1 - t)[:, None] * x0 + t[:, None] * x1
     a, b = r.field(xt, t), jax.vmap(vstar)(xt, t)
     rel = float(jnp.sqrt(jnp.sum((a - b) ** 2) / jnp.sum(b**2)))
-    assert rel < 0.05, f"relative L2 error {rel:.4f}"
+    assert rel < 0.05, f"relative L2 error {rel:.4f}"  # regression guard (measured 0.019)
     xs, nfe = fm.sample(r.field, jax.random.normal(ke, (N_ED, 2)), 20, "rk4")
     assert nfe == 80
     ed = float(energy_distance(xs, _target(kg, N_ED)))
-    assert ed < bound, f"energy distance {ed:.5f} >= bound {bound:.5f}"
+    print(f"relative L2 error {rel:.4f}, energy distance {ed:.5f}, bound {bound:.5f}")
+    assert ed < bound, f"energy distance {ed:.5f} >= bound {bound:.5f}"  # derived
 
 
 # ---------------------------------------------------------------------------------------
@@ -323,7 +327,7 @@ def test_bad_input_errors():
     x = jnp.zeros((4, 2))
     with pytest.raises(ValueError, match="unknown method 'midpoint'.*euler, heun, rk4"):
         fm.sample(v, x, 4, "midpoint")
-    with pytest.raises(ValueError, match="steps must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match=r"sample\(steps=0\): must be a positive int"):
         fm.sample(v, x, 0)
     with pytest.raises(ValueError, match="dimension 2, but the points have dimension 3"):
         fm.sample(v, jnp.zeros((4, 3)), 4)

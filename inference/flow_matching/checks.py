@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from inference.arguments import check_int
 
 __all__ = ["PATHS", "METHODS", "Field"]
 
@@ -21,10 +22,7 @@ _DEFAULT_SIGMA = {"straight": 0.0, "interpolant": 0.5}
 Field = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _positive_int(fn: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{fn}: {name} must be an int >= 1; got {value!r}.")
-    return int(value)
+_positive_int = check_int  # the library's one rule (inference.arguments)
 
 
 def _check_method(fn: str, method: str, allowed: tuple[str, ...] = METHODS) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from inference.arguments import check_int
 
 #: ``Learned(flow=...)`` names that train a flow-matching field instead of a flow.
 FLOW_MATCHING_NAMES = ("flow_matching", "cfm", "rectified_flow")
@@ -19,10 +19,7 @@ def _std_normal_log_prob(z: jax.Array) -> jax.Array:
     return -0.5 * jnp.sum(z**2, axis=-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
 
 
-def _positive_int(owner: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive int; got {value!r}.")
-    return int(value)
+_positive_int = check_int  # the library's one rule (inference.arguments)
 
 
 def _check_optimizer(owner: str, optimizer: Any) -> None:
