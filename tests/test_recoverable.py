@@ -251,3 +251,27 @@ def test_checkpoint_file_is_written_atomically(tmp_path):
     path = tmp_path / "a.npz"
     inference.checkpoint.write_archive(path, {"x": np.arange(3)}, {"kind": "test"})
     assert os.listdir(tmp_path) == ["a.npz"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, x64", [(inference.MALA(), False), (inference.NUTS(), True)],
+                         ids=["MALA-float32", "NUTS-float64"])
+def test_extend_load_and_checkpoint_for_langevin_and_float64(method, x64, tmp_path):
+    # A Langevin state (warmup inside init, another state structure) and float64 arrays go
+    # through extend, save/load (the state's structure rebuilt from the model) and a
+    # checkpointed run, each bit-identical to the plain longer run.
+    with jax.enable_x64(x64):
+        y = jnp.asarray(np.asarray(Y), dtype=jnp.result_type(float))
+        opts = dict(method=method, num_warmup=W, num_chains=C, key=0, progress=False,
+                    diagnostics=False)
+        r = inference.infer(model, y=y, num_samples=S, **opts)
+        assert r.samples["mu"].dtype == (np.float64 if x64 else np.float32)
+        longer = inference.infer(model, y=y, num_samples=S + 20, **opts)
+        assert_same(r.extend(20, progress=False, diagnostics=False), longer)
+        r.save(tmp_path / "r.npz")
+        loaded = inference.load_result(tmp_path / "r.npz", model, y=y)
+        assert loaded.samples["mu"].dtype == r.samples["mu"].dtype
+        assert_same(loaded.extend(20, progress=False, diagnostics=False), longer)
+        checkpointed = inference.infer(model, y=y, num_samples=S, checkpoint=tmp_path / "c.npz",
+                                       checkpoint_every=10, **opts)
+        assert_same(checkpointed, r)
