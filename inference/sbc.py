@@ -45,7 +45,7 @@ from numpyro import handlers
 
 from inference.arguments import as_arrays, as_key, positive_int, split_arguments, static_part
 from inference.compilation import compile_program
-from inference.infer import infer
+from inference.infer import _check_method, infer
 from inference.nuts import NUTS
 from ppl.errors import ModelError
 from ppl.tracing import check_arguments, model_name
@@ -355,7 +355,7 @@ def sbc(
         >>> bool(((r.ranks["mu"] >= 0) & (r.ranks["mu"] <= 9)).all())
         True
     """
-    method = NUTS() if method is None else method
+    method = NUTS() if method is None else _check_method(method)
     num_simulations = positive_int("num_simulations", num_simulations)
     num_draws = positive_int("num_draws", num_draws)
     options = {k: infer_kwargs.pop(k) for k in _INFER_OPTIONS if k in infer_kwargs}

@@ -120,6 +120,8 @@ def test_errors_name_what_to_do():
     with pytest.raises(ModelError, match=r"no observed-data argument left as None"):
         inference.sbc(normal_mean, 3, y=jnp.zeros(3), num_simulations=2, num_draws=9,
                       num_samples=10, num_chains=1, progress=False)
+    with pytest.raises(TypeError, match=r"method must be a method object.*got .nuts."):
+        inference.sbc(normal_mean, 3, method="nuts", num_draws=9, num_samples=10, num_chains=1)
     with pytest.raises(ValueError, match=r"observed=\['x'\].*no sample site"):
         inference.sbc(normal_mean, 3, observed=["x"], num_simulations=2, num_draws=9,
                       num_samples=10, num_chains=1, progress=False)
@@ -181,10 +183,10 @@ def test_gradient_methods_give_uniform_ranks(method):
     assert r.min_pvalue > P_MIN, r.pvalues
 
 
-def mixture(y=None):
-    """A discrete site per point: z_i ~ Bernoulli(0.5), y_i ~ N(mu + 2 z_i, 1)."""
+def mixture(n, y=None):
+    """A discrete site per point: z_i ~ Bernoulli(0.5), y_i ~ N(mu + 2 z_i, 1), i < n."""
     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
-    with numpyro.plate("data", 4):
+    with numpyro.plate("data", n):
         z = numpyro.sample("z", dist.Bernoulli(0.5))
         numpyro.sample("y", dist.Normal(mu + 2.0 * z, 1.0), obs=y)
 
@@ -195,7 +197,7 @@ def test_gibbs_with_enumeration_gives_uniform_ranks_for_discrete_and_continuous_
     are tie-broken at random), false alarm <= 5e-3."""
     method = inference.Gibbs({"z": inference.Enumerate(),
                               "mu": functools.partial(langevin.mala, step_size=0.5)})
-    r = inference.sbc(mixture, method=method, num_simulations=50, num_draws=19,
+    r = inference.sbc(mixture, 4, method=method, num_simulations=50, num_draws=19,
                       num_samples=200, num_warmup=100, num_chains=2, key=2, progress=False)
     assert r.ranks["z"].shape == (50, 4)
     assert r.min_pvalue > P_MIN, r.pvalues
