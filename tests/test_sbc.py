@@ -11,6 +11,9 @@ next to each test. Seeds are fixed, so each test is also reproducible.
 """
 
 import functools
+import importlib
+import types
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -136,7 +139,7 @@ def test_errors_name_what_to_do():
 
 
 # ---------------------------------------------------------------------------------------
-# Calibration of the methods (slow: each runs tens of posterior fits)
+# The whole loop with an exact posterior in place of infer (no sampling)
 # ---------------------------------------------------------------------------------------
 def conjugate(y=None):
     """mu ~ N(0, I_2), y_i ~ N(mu, I_2): a conjugate normal model with two parameters."""
@@ -144,6 +147,49 @@ def conjugate(y=None):
     with numpyro.plate("data", 4):
         numpyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=y)
 
+
+class _Exact:
+    """Stands in for ``infer`` on ``conjugate``: independent draws of the exact posterior
+    N(sum(y) / 5, I / 5), with a width factor (1 is exact) and a warning per run."""
+
+    def __init__(self, width):
+        self.width, self.seen = width, []
+
+    def __call__(self, model, *args, method, key, progress, num_samples, num_chains, **kwargs):
+        y = args[0] if args else kwargs["y"]
+        self.seen.append(np.asarray(y))
+        z = np.asarray(jax.random.normal(key, (num_chains, num_samples, 2)))
+        draws = np.sum(y, axis=0) / 5.0 + self.width * z / np.sqrt(5.0)
+        warnings.warn("Fake: a diagnostic", UserWarning)
+        return types.SimpleNamespace(samples={"mu": draws}, timing={"run": 0.0})
+
+
+def test_sbc_loop_with_an_exact_posterior(monkeypatch):
+    """With exact posterior draws, 200 simulations give uniform ranks (2 elements: false
+    alarm <= 2e-3); each run sees the simulated data, and the runs' warnings come out as one
+    summary. With draws 3x too narrow the same ranks pile at the ends (p < 1e-6 at once)."""
+    sbc_module = importlib.import_module("inference.sbc")  # the package's sbc is the function
+    exact = _Exact(1.0)
+    monkeypatch.setattr(sbc_module, "infer", exact)
+    with pytest.warns(UserWarning, match=r"sbc: 200 of 200 runs warned.*Fake: a diagnostic"):
+        r = inference.sbc(conjugate, num_simulations=200, num_draws=49, num_samples=100,
+                          num_chains=2, key=5, progress=False)
+    assert r.ranks["mu"].shape == (200, 2) and r.min_pvalue > P_MIN, r.pvalues
+    # the data each run saw are the model's simulations: y_i ~ N(mu, 1) around the true mu
+    seen = np.stack(exact.seen)
+    assert seen.shape == (200, 4, 2)
+    residual = seen - r.truths["mu"][:, None, :]
+    assert abs(residual.std() - 1.0) < 0.1  # 1600 normals: sd's SE 0.018
+    monkeypatch.setattr(sbc_module, "infer", _Exact(1.0 / 3.0))
+    with pytest.warns(UserWarning):
+        narrow = inference.sbc(conjugate, num_simulations=200, num_draws=49, num_samples=100,
+                               num_chains=2, key=5, progress=False)
+    assert np.all(narrow.pvalues["mu"] < 1e-6), narrow.pvalues
+
+
+# ---------------------------------------------------------------------------------------
+# Calibration of the methods (slow: each runs tens of posterior fits)
+# ---------------------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_nuts_ranks_are_uniform_and_runs_after_the_first_do_not_compile():
