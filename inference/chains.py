@@ -56,7 +56,7 @@ import numpy as np
 from inference import checkpoint as ckpt
 from inference.arguments import CONCRETE_ERRORS, positive_int, split_arguments, static_part
 from inference.compilation import compiling
-from inference.initialization import raise_no_valid_initial, select_initial
+from inference.initialization import uniform_candidates, raise_no_valid_initial, select_initial
 from inference.progress import ProgressBar, chunk_sizes
 from inference.sharding import constrain_leading, describe, gather, put_leading
 from inference.starting_points import raise_nonfinite_start, unconstrained_starts
@@ -262,11 +262,7 @@ class _Job:
         def init_program(init_key, run_key, dyn, given):
             p, sampler, check = self._traced(dyn, S)
             if given is None:
-                keys = jax.random.split(init_key, max(len(p.sites), 1))
-                candidates = {
-                    name: jax.random.uniform(k, (C, tries) + shape, minval=-radius, maxval=radius)
-                    for k, (name, shape) in zip(keys, p.sites.items())
-                }
+                candidates = uniform_candidates(init_key, p.sites, C, tries, radius)
             else:
                 candidates = jax.tree.map(lambda x: x[:, None], given)
             positions, found = select_initial(check, candidates)

@@ -12,6 +12,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ppl.errors import ModelError
 from ppl.potential import Position, Potential
@@ -30,11 +31,30 @@ def candidate_positions(
         >>> candidate_positions(ppl.potential(model), jax.random.key(0), 4, tries=5)["x"].shape
         (4, 5, 3)
     """
-    keys = jax.random.split(key, max(len(potential.sites), 1))
-    return {
-        name: jax.random.uniform(k, (num_chains, tries) + shape, minval=-radius, maxval=radius)
-        for k, (name, shape) in zip(keys, potential.sites.items())
-    }
+    return uniform_candidates(key, potential.sites, num_chains, tries, radius)
+
+
+def uniform_candidates(key: jax.Array, sites: dict, num_chains: int, tries: int,
+                       radius: float) -> Position:
+    """Uniform points in ``[-radius, radius]``, shape ``(num_chains, tries, *shape)`` per site.
+
+    Each site's numbers are drawn as one flat vector and reshaped: on CPU, XLA compiles JAX's
+    (partitionable) threefry generator ~10x slower for a rank-3 output than for a rank-1 one
+    (a (4, 100, 10) draw took 7-9 s to compile, the same 4000 numbers drawn flat 0.9 s), and
+    this draw sits in every chain method's first compiled program.
+
+    Example:
+        >>> import jax
+        >>> uniform_candidates(jax.random.key(0), {"x": (3,)}, 4, 5, 2.0)["x"].shape
+        (4, 5, 3)
+    """
+    keys = jax.random.split(key, max(len(sites), 1))
+    out = {}
+    for k, (name, shape) in zip(keys, sites.items()):
+        full = (num_chains, tries) + tuple(shape)
+        size = int(np.prod(full))
+        out[name] = jax.random.uniform(k, (size,), minval=-radius, maxval=radius).reshape(full)
+    return out
 
 
 def _is_valid(logdensity_fn: Callable, position: Position) -> jax.Array:
