@@ -6,21 +6,24 @@ over all chains at once (a leading chain axis). :func:`run_chains` turns that in
 
 1. an *init* program: initial points (Stan's uniform draws on the unconstrained scale,
    the first finite one per chain, or the user's ``init_params``), then ``sampler.init``;
-2. a *chunk* program: ``chunk`` steps from step ``t0``, writing the constrained draws and
-   statistics of those steps into output buffers (chains, draws, ...) that it carries, in
-   place (donated), so they stay on the devices the chains live on.
+2. a *chunk* program: loop steps ``t0`` to ``t1`` (given at each call), writing the
+   constrained draws and statistics of those steps into output buffers (chains, draws, ...)
+   that it carries, in place (donated), so they stay on the devices the chains live on.
 
-The host calls the chunk program about twenty times, moving the progress bar between calls.
+The host calls the chunk program at least twenty times, moving the progress bar between
+calls: the first call is short, later ones are sized from the measured speed to take about
+a second (:data:`CHUNK_SECONDS`), never more than a twentieth of the run.
 So the programs carry no host callbacks and JAX's persistent cache can keep them, both are
 compiled once per shape and kept in :data:`inference.compilation.PROGRAMS`, and the model's
 data enter them as arguments (new data of the same shapes reuses them). Every step's key is
-``fold_in(key, t)``, so the draws do not depend on the chunking.
+``fold_in(key, t)`` and every call runs the same program, so the draws do not depend on
+the chunking.
 
 Recoverable runs. The host loop stops cleanly between chunks:
 
-* Ctrl-C (``KeyboardInterrupt``) waits for the chunk in flight (at most a twentieth of the
-  run), then returns the draws made so far with a warning (re-raised if warmup was not
-  finished: there are no draws yet).
+* Ctrl-C (``KeyboardInterrupt``) waits for the chunk in flight (about a second), then
+  returns the draws made so far with a warning (re-raised if warmup was not finished:
+  there are no draws yet).
 * The final sampler state comes back with the draws (``ChainOutputs.state``, a
   :class:`inference.checkpoint.ChainState`); :func:`continue_chains` runs the same chains
   further from it, with the tuned step size and mass matrix and no new warmup. Loop step
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 import warnings
 from typing import Any, Callable, NamedTuple
@@ -66,7 +70,9 @@ from ppl.potential import potential_from_trace
 
 __all__ = ["Sampler", "ChainOutputs", "run_chains", "continue_chains"]
 
-UPDATES = 20  # chunk calls (progress-bar updates) per run
+UPDATES = 20  # at least this many chunk calls (progress-bar updates) per run
+FIRST_CHUNK = 10  # loop steps in the first call (the speed is not known yet)
+CHUNK_SECONDS = 1.0  # later calls are sized to take about this long
 
 
 class Sampler(NamedTuple):
@@ -162,7 +168,7 @@ def run_chains(
     (:func:`ppl.tracing.trace_model`), to save running the model again. ``init_params``:
     constrained starting values (see :mod:`inference.starting_points`). ``checkpoint``: a
     file to write the state and draws to every ``checkpoint_every`` loop steps (default:
-    every chunk, a twentieth of the run); if it exists it is resumed from (it must come from
+    a twentieth of the run); if it exists it is resumed from (it must come from
     the same call: same method, counts, key and data).
     """
     if checkpoint is None and checkpoint_every is not None:
@@ -276,13 +282,14 @@ class _Job:
 
         return init_program
 
-    def _chunk_program(self, chunk, padded, S):
+    def _chunk_program(self, S):
         C, mesh, skip = self.C, self.mesh, self.skip
 
-        def chunk_program(carry, t0, base, end, run_key, dyn):
+        def chunk_program(carry, t0, t1, base, run_key, dyn):
+            """Loop steps ``t0 .. t1 - 1`` (any number: the host sizes each call)."""
             p, sampler, _ = self._traced(dyn, S)
 
-            def one(carry, t):
+            def one(t, carry):
                 state, buffers = carry
                 state, out = self._draw(p, sampler, state, t, run_key)
                 # Slot t - base; warmup steps write slot 0, which the first kept draw
@@ -291,40 +298,41 @@ class _Job:
                 put = lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, slot, 1)  # noqa: E731
                 return state, jax.tree.map(put, buffers, out)
 
-            def body(carry, i):
-                t = t0 + i
-                if padded:  # steps past the end leave everything untouched
-                    return jax.lax.cond(t < end, one, lambda c, _: c, carry, t), None
-                return one(carry, t), None
-
-            carry = jax.lax.scan(body, carry, jnp.arange(chunk, dtype=jnp.int32))[0]
+            carry = jax.lax.fori_loop(t0, t1, one, carry)
             return constrain_leading(carry, mesh, C)
 
         return chunk_program
 
-    def _compile_chunk(self, programs, carry, run_key, steps, S):
-        chunk = chunk_sizes(max(steps, 1), UPDATES)[1]
-        padded = -(-steps // chunk) * chunk > steps if steps else False
+    def _compile_chunk(self, programs, carry, run_key, S):
         t0 = jnp.zeros((), jnp.int32)
-        program = programs.compile(
-            jax.jit(self._chunk_program(chunk, padded, S), donate_argnums=0),
+        return programs.compile(
+            jax.jit(self._chunk_program(S), donate_argnums=0),
             (carry, t0, t0, t0, run_key, self.dyn),
-            key=("chunk", chunk, padded, self.skip, *self.key_parts),
-            key_args=(run_key, self.dyn))
-        return program, chunk
+            key=("chunk", self.skip, *self.key_parts), key_args=(run_key, self.dyn))
 
     # -- the host loop -----------------------------------------------------------------
-    def _loop(self, chunk_c, carry, t, end, chunk, base, run_key, bar, offset, save):
-        """Chunks from loop step ``t`` to ``end``: ``(carry, step reached, interrupted)``."""
+    def _loop(self, chunk_c, carry, t, end, base, run_key, bar, offset, save):
+        """Chunks from loop step ``t`` to ``end``: ``(carry, step reached, interrupted)``.
+
+        The first chunk is short; later ones are sized from the measured speed to take about
+        ``CHUNK_SECONDS`` (never more than a twentieth of the run), so the progress bar moves
+        and a Ctrl-C is answered within about that time.
+        """
         latest = (carry, t)
         as_int = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
+        most = chunk_sizes(max(end - t, 1), UPDATES)[1]
+        size = min(most, FIRST_CHUNK)
         try:
             while latest[1] < end:
                 carry, t = latest
-                latest = (chunk_c(carry, as_int(t), as_int(base), as_int(end), run_key,
-                                  self.dyn), min(t + chunk, end))
+                stop = min(t + size, end)
+                started = time.perf_counter()
+                latest = (chunk_c(carry, as_int(t), as_int(stop), as_int(base), run_key,
+                                  self.dyn), stop)
                 # Wait for the chunk: a Ctrl-C then stops after it, not after the whole run.
                 jax.block_until_ready(latest[0])
+                rate = (stop - t) / max(time.perf_counter() - started, 1e-6)
+                size = int(min(most, 2 * size, max(1, rate * CHUNK_SECONDS)))
                 if save is not None:
                     save(*latest)
                 extra = (self.host.postfix(latest[0][0])
@@ -361,7 +369,7 @@ class _Job:
             warnings.warn(
                 f"{self.label}: interrupted (KeyboardInterrupt) after {draws} of {requested} "
                 f"draws per chain; returning those. result.extend({requested - draws}) "
-                "continues the chains.", UserWarning, stacklevel=5)
+                "continues the chains.", UserWarning, stacklevel=_caller_level())
         return ChainOutputs(samples, stats, tuning, timing, chain_state)
 
     # -- a run from the start (or from its checkpoint) ---------------------------------
@@ -383,7 +391,7 @@ class _Job:
                 t = 0
             else:
                 carry, t = restored
-            chunk_c, chunk = self._compile_chunk(programs, carry, run_key, num_steps, S)
+            chunk_c = self._compile_chunk(programs, carry, run_key, S)
         if restored is None:
             found = np.asarray(gather(found))
             if not bool(np.all(found)):
@@ -393,7 +401,7 @@ class _Job:
 
         save = None
         if path is not None:
-            every = every or chunk
+            every = every or max(num_steps // UPDATES, 1)
             last = [t]
 
             def save(carry, t, force=False):
@@ -405,8 +413,8 @@ class _Job:
         bar = ProgressBar(init_warmup + num_steps, desc=self.label, enabled=progress,
                           phases=[("warmup", init_warmup + self.skip), ("sample", S)])
         bar.update(init_warmup + t, {})
-        carry, t, interrupted = self._loop(chunk_c, carry, t, num_steps, chunk, self.skip,
-                                           run_key, bar, init_warmup, save)
+        carry, t, interrupted = self._loop(chunk_c, carry, t, num_steps, self.skip, run_key,
+                                           bar, init_warmup, save)
         if interrupted and save is not None:
             save(carry, t, force=True)
         if interrupted and t <= self.skip:
@@ -472,11 +480,11 @@ class _Job:
         carry = put_leading((chain_state, buffers), self.mesh, self.C)
         t_start = time.perf_counter()
         with compiling(self.label, progress) as programs:
-            chunk_c, chunk = self._compile_chunk(programs, carry, run_key, n, n)
+            chunk_c = self._compile_chunk(programs, carry, run_key, n)
         bar = ProgressBar(n, desc=self.label, enabled=progress, phases=[("sample", n)])
         end = state.t + n
-        carry, t, interrupted = self._loop(chunk_c, carry, state.t, end, chunk, state.t,
-                                           run_key, bar, -state.t, None)
+        carry, t, interrupted = self._loop(chunk_c, carry, state.t, end, state.t, run_key,
+                                           bar, -state.t, None)
         if interrupted and t == state.t:
             raise KeyboardInterrupt(f"{self.label}: interrupted before the first new draw")
         out = self._outputs(carry, run_key, t, n, programs, t_start, interrupted, n,
@@ -484,6 +492,16 @@ class _Job:
         out.state.draws, out.state.requested = (state.draws + out.state.draws,
                                                 state.draws + n)
         return out
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that makes a warning issued by this function's caller point at the
+    first frame outside the ``inference`` package (the user's ``infer`` or ``extend`` call)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _unflatten(like: Any, leaves: list, where: Any) -> Any:
