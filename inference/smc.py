@@ -48,12 +48,14 @@ Which kernels (``kernel=``):
 With ``adapt_step_size=False`` a factory is called as ``kernel(logdensity_fn)`` (or with
 ``step_size=init_step_size`` when given), i.e. nothing is adapted either.
 
-Gradient counts (``n_grad``): a move step counts ``info.n_grad`` when the kernel reports it
-(our kernels), else ``info.num_integration_steps`` (BlackJAX's HMC), else 1 (BlackJAX's
-MALA and other one-gradient kernels). Each stage re-initialises the kernel's state at the
-new temperature, which for gradient kernels (a step's count > 0) costs one more gradient per
-particle; that is counted too. Likelihood values for the weights are not gradients and are
-not counted.
+Gradient counts (``n_grad``), summed over stages, particles and steps: a move step counts
+``info.n_grad`` when the kernel reports it (our kernels), else ``info.num_integration_steps``
+(BlackJAX's HMC and NUTS: one gradient per leapfrog step), else the gradients of the target
+found by tracing one step (BlackJAX's MALA: 1; a random walk: 0). Each stage
+re-initialises the kernel's state at the new temperature; the gradients that init takes
+(found by tracing it: 1 for MALA, 0 for a random walk) are counted too. Tempering itself
+(the weights, the bisection for the next temperature, the step-size rule) uses likelihood
+values only, no gradients.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -94,6 +96,8 @@ from inference.arguments import split_arguments, static_part
 from inference.compilation import compiling
 from inference.progress import ProgressBar, Relay
 from inference.sharding import constrain_leading, describe, gather, mesh_for, put_leading
+from inference.smc_checks import (Probe, cpu_mesh_without_lapack, lapack_ops, probe_move,
+                                  raise_if_no_likelihood)
 from inference.method import Method
 from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
@@ -329,11 +333,22 @@ def _info_field(info: Any, name: str) -> Any:
     return getattr(info, name, None)
 
 
-def _step_grads(info: Any) -> jax.Array:
+def _step_grads(info: Any, traced: int) -> jax.Array:
+    """Gradients one move step computed: ``info.n_grad`` when the kernel reports it, else
+    ``info.num_integration_steps`` (BlackJAX's HMC/NUTS: one per leapfrog step), else the
+    gradients found when tracing the step (``traced``, see :func:`inference.smc_checks.probe_move`)."""
     n = _info_field(info, "n_grad")
     if n is None:
         n = _info_field(info, "num_integration_steps")
-    return jnp.asarray(1 if n is None else n, jnp.int32)
+    return jnp.asarray(traced if n is None else n, jnp.int32)
+
+
+def _probe(move: _Move, logprior_fn: Callable, loglikelihood_fn: Callable, particle: Any,
+           key: jax.Array, dim: int, dtype: Any) -> Probe:
+    """:func:`inference.smc_checks.probe_move` for ``move`` at its initial step size."""
+    h = 1.0 if move.init_step_size is None else move.init_step_size
+    imm = jnp.ones((dim,), dtype) if move.preconditioned else None
+    return probe_move(lambda f: move.build(f, h, imm), logprior_fn, loglikelihood_fn, particle, key)
 
 
 # ----------------------------------------------------------------------------------------
@@ -437,6 +452,8 @@ def tempered_smc(
         logprior_fn: ``x -> log p0(x)``, normalised (for ``log Z`` to be the evidence), on the
             space the particles live in (in unconstrained space include the log-Jacobian).
         loglikelihood_fn: ``x -> log L(x)``; ``-inf`` and NaN count as zero likelihood.
+            Where no particle has a finite likelihood, adaptive tempering stops at once
+            (``num_stages`` 0, ``temperatures[0]`` 0): no weight can move the population.
         kernel: the move: a name in :data:`KERNELS`, a factory with a ``step_size``
             parameter (the SMC sets it), or a callable ``logdensity_fn -> SamplingAlgorithm``
             used as is. See the module docstring.
@@ -462,7 +479,10 @@ def tempered_smc(
             ``jax.debug.callback`` (e.g. for a progress bar).
         mesh: a device mesh (:func:`inference.sharding.mesh_for`) to split the particles
             over: the moves run where the particles are, and resampling gathers across
-            devices. ``None``: wherever ``positions`` are.
+            devices. ``None``: wherever ``positions`` are. A mesh of several CPU devices is
+            not used (a warning says so) when the target or kernel uses LAPACK-backed
+            operations such as a Cholesky: they can deadlock there
+            (:func:`inference.smc_checks.cpu_mesh_without_lapack`).
 
     Returns:
         An :class:`SMCResult`.
@@ -506,6 +526,9 @@ def tempered_smc(
 
     flat = jax.vmap(lambda p: ravel_pytree(p)[0])
     loglik_all = jax.vmap(loglikelihood_fn)
+    probe = _probe(move, logprior_fn, loglikelihood_fn, jax.tree.map(lambda v: v[0], positions),
+                   key, dim, dtype)
+    mesh = cpu_mesh_without_lapack(mesh, probe.lapack, "particles", where)
     split = lambda p: constrain_leading(p, mesh, n)  # noqa: E731
     positions = split(positions)
 
@@ -536,11 +559,10 @@ def tempered_smc(
                 state, info = alg.step(kk, state)
                 acc = _info_field(info, "acceptance_rate")
                 acc = jnp.full((), jnp.nan, dtype) if acc is None else jnp.asarray(acc, dtype)
-                return state, (acc, _step_grads(info))
+                return state, (acc, _step_grads(info, probe.step_grads))
 
             state, (acc, grads) = jax.lax.scan(body, state, jax.random.split(k_steps, num_mcmc_steps))
-            init_grads = jnp.where(grads[0] > 0, 1, 0).astype(jnp.int32)
-            return state.position, jnp.mean(acc), jnp.sum(grads) + init_grads
+            return state.position, jnp.mean(acc), jnp.sum(grads) + probe.init_grads
 
         particles, acc, grads = jax.vmap(one)(particles, jax.random.split(k_move, n))
         particles = split(particles)
@@ -572,8 +594,10 @@ def tempered_smc(
         nan = jnp.full((max_stages,), jnp.nan, dtype)
 
         def cond(c):
-            (_, _, beta, *_), i, _ = c
-            return (beta < 1.0) & (i < max_stages)
+            (_, loglik, beta, *_), i, _ = c
+            # No particle with a positive, finite likelihood: no weight can move the
+            # population (invalid data, or a prior with no mass where the data are); stop.
+            return (beta < 1.0) & (i < max_stages) & jnp.any(jnp.isfinite(loglik))
 
         def body(c):
             inner, i, (temps, accs, hs, esss) = c
@@ -602,6 +626,16 @@ def _split_potential(model: Callable, args: tuple, kwargs: dict, sites: list[str
     not part of the prior draws, so they must be tempered). Plate scales apply to both,
     as in NumPyro's potential; the sum equals ``ppl.potential(model).logdensity_fn``.
     """
+    parts = _model_terms(model, args, kwargs)
+
+    def loglik(u):
+        return sum(parts(u)[1].values(), jnp.zeros(()))
+
+    return (lambda u: parts(u)[0]), loglik
+
+
+def _model_terms(model: Callable, args: tuple, kwargs: dict) -> Callable:
+    """``u -> (log prior incl. log-Jacobians, {observed site: its log-likelihood term})``."""
     def parts(u):
         def sub(msg):
             if msg["type"] == "sample" and not msg["is_observed"] and msg["name"] in u:
@@ -611,7 +645,7 @@ def _split_potential(model: Callable, args: tuple, kwargs: dict, sites: list[str
         with handlers.trace() as tr, handlers.seed(rng_seed=0), handlers.substitute(substitute_fn=sub):
             model(*args, **kwargs)
         prior = jnp.zeros(())
-        lik = jnp.zeros(())
+        terms = {}
         for name, site in tr.items():
             if site["type"] != "sample":
                 continue
@@ -619,16 +653,16 @@ def _split_potential(model: Callable, args: tuple, kwargs: dict, sites: list[str
             if site["is_observed"]:
                 if site.get("scale") is not None:
                     term = site["scale"] * term
-                lik = lik + term
+                terms[name] = term
                 continue
             t = biject_to(site["fn"].support)
             term = term + jnp.sum(t.log_abs_det_jacobian(u[name], site["value"]))
             if site.get("scale") is not None:
                 term = site["scale"] * term
             prior = prior + term
-        return prior, lik
+        return prior, terms
 
-    return (lambda u: parts(u)[0]), (lambda u: parts(u)[1])
+    return parts
 
 
 def _prior_draw(model: Callable, args: tuple, kwargs: dict, sites: list[str], key: jax.Array) -> dict:
@@ -636,6 +670,19 @@ def _prior_draw(model: Callable, args: tuple, kwargs: dict, sites: list[str], ke
     tr = handlers.trace(handlers.seed(model, key)).get_trace(*args, **kwargs)
     return {name: biject_to(tr[name]["fn"].support).inv(tr[name]["value"]).astype(jnp.result_type(float))
             for name in sites}
+
+
+def _lapack_in_smc(method: "SMC", model: Callable, args: tuple, kwargs: dict, sites: list[str],
+                   u0: dict) -> set[str]:
+    """LAPACK-backed primitives in the prior draws, the target or the move (traced, not run)."""
+    logprior, loglik = _split_potential(model, args, kwargs, sites)
+    dim = int(ravel_pytree(u0)[0].size)
+    move = _resolve_kernel(method.kernel, method.init_step_size, method.target_acceptance,
+                           method.adapt_step_size, dim, where="SMC")
+    key = jax.random.key(0)
+    probe = _probe(move, logprior, loglik, u0, key, dim, jnp.result_type(float))
+    draw = jax.make_jaxpr(functools.partial(_prior_draw, model, args, kwargs, sites))(key)
+    return set(probe.lapack) | lapack_ops(draw.jaxpr)
 
 
 # ----------------------------------------------------------------------------------------
@@ -667,6 +714,14 @@ class SMC(Method):
     must be proper. A model without observed sites or factors has likelihood 1: the log
     evidence is 0 (exactly) and SMC just returns prior draws (a warning says so).
     ``infer``'s ``num_warmup`` does not apply: the tempering path is SMC's warmup.
+
+    Invalid data: when a chain's log-likelihood is not finite at any of its initial
+    particles (NaN in an observation, a value outside the support such as a negative count),
+    tempering cannot start and a :class:`ppl.errors.ModelError` names the observed site(s).
+    On several CPU devices (``devices=``), a model or kernel with LAPACK-backed operations
+    (Cholesky, triangular solves, ...) runs on one CPU device, with a warning: JAX's CPU
+    LAPACK kernels can deadlock when several CPU devices run them at once
+    (:mod:`inference.smc_checks`).
 
     Result: ``samples`` of every latent and deterministic site (constrained), ``stats``
     ``lp`` (the log joint in unconstrained space, as NUTS's ``lp``) and ``n_grad`` (the
@@ -757,7 +812,7 @@ class SMC(Method):
                 stacklevel=3,
             )
         try:
-            _prior_draw(model, args, kwargs, sites, jax.random.key(0))
+            u0 = _prior_draw(model, args, kwargs, sites, jax.random.key(0))
         except NotImplementedError:
             improper = [name for name, s in latent_sites(trace).items()
                         if "Improper" in type(s["fn"]).__name__]
@@ -772,6 +827,10 @@ class SMC(Method):
                                                  owner="SMC"), None
         else:
             chain_mesh, particle_mesh = None, mesh_for(devices, n, what="particles", owner="SMC")
+        if (chain_mesh or particle_mesh) is not None:
+            ops = _lapack_in_smc(self, model, args, kwargs, sites, u0)
+            chain_mesh = cpu_mesh_without_lapack(chain_mesh, ops, "chains", "SMC")
+            particle_mesh = cpu_mesh_without_lapack(particle_mesh, ops, "particles", "SMC")
 
         # Progress: percent of the tempering path covered by the slowest chain.
         bar = ProgressBar(100, desc="SMC", enabled=progress)
@@ -798,6 +857,14 @@ class SMC(Method):
                 k_init, k_smc, k_pick = jax.random.split(key, 3)
                 positions = jax.vmap(functools.partial(_prior_draw, model, a, kw, sites))(
                     jax.random.split(k_init, n))
+                # Which observed sites' log-likelihood is not finite at every initial particle
+                # (invalid data: NaN, values outside the support); checked on the host after.
+                terms = jax.vmap(lambda u: _model_terms(model, a, kw)(u)[1])(positions)
+                finite = {s: jnp.isfinite(v) for s, v in terms.items()}
+                total = sum(terms.values(), jnp.zeros((n,)))
+                checks = {"dead": ~jnp.any(jnp.isfinite(total)),
+                          "all_bad": {s: ~jnp.any(f) for s, f in finite.items()},
+                          "any_bad": {s: ~jnp.all(f) for s, f in finite.items()}}
                 out = tempered_smc(
                     logprior, loglik, self.kernel, positions, k_smc,
                     num_mcmc_steps=self.num_mcmc_steps, schedule=self.schedule,
@@ -816,7 +883,7 @@ class SMC(Method):
                     "num_stages": out.num_stages, "acceptance_rate": out.acceptance_rate,
                     "step_size": out.step_size, "ess": out.ess, "n_grad": out.n_grad,
                 }
-                return samples, {"lp": lp, "n_grad": n_grad}, tuning
+                return samples, {"lp": lp, "n_grad": n_grad}, tuning, checks
 
             return constrain_leading(jax.vmap(one_chain)(keys, chains), chain_mesh, num_chains)
 
@@ -830,12 +897,13 @@ class SMC(Method):
         t1 = time.perf_counter()
         relay.target = report
         try:
-            samples, stats, tuning = gather(jax.block_until_ready(compiled(keys, chains, dyn)))
+            samples, stats, tuning, checks = gather(jax.block_until_ready(compiled(keys, chains, dyn)))
             jax.effects_barrier()  # every progress callback has run before the bar closes
         finally:
             relay.target = None
             bar.close()
         t2 = time.perf_counter()
+        raise_if_no_likelihood(model, trace, checks, n)
         final = np.asarray(tuning["temperatures"])[np.arange(num_chains), np.asarray(tuning["num_stages"])]
         if np.any(final < 1.0):
             warnings.warn(
