@@ -163,7 +163,9 @@ class Result:
         and the chains' state to ``path`` (a NumPy ``.npz`` archive; no pickled code).
 
         :func:`load_result` reads it back; the model is passed again there if the result is
-        to be extended or to compute log likelihoods.
+        to be extended or to compute log likelihoods. Nested tuning values (VI's fitted
+        params) come back as nested dicts of arrays; values that are neither numbers nor
+        strings (functions, objects) are left out.
 
         Example:
             >>> import os, tempfile, numpyro.distributions as dist, ppl, inference
@@ -181,9 +183,7 @@ class Result:
         for group, values in groups.items():
             meta[group] = list(values)
             arrays.update({f"{group}/{k}": ckpt.to_host(v) for k, v in values.items()})
-        tuning = {k: v for k, v in self.tuning.items() if v is not None}
-        meta["tuning"] = list(tuning)
-        arrays.update({f"tuning/{k}": ckpt.to_host(v) for k, v in tuning.items()})
+        meta["tuning"] = _write_tree("tuning", self.tuning, arrays)
         meta["timing"] = {k: v for k, v in self.timing.items()
                           if isinstance(v, (int, float, str, bool))}
         meta["method"], method_arrays = ckpt.method_to_json(self.method)
@@ -219,7 +219,8 @@ def load_result(path: str | os.PathLike, model: Callable | None = None, *args: A
                          "a checkpoint is resumed by calling infer again with the same "
                          "checkpoint= path.")
     group = {g: {k: arrays[f"{g}/{k}"] for k in meta[g]}
-             for g in ("samples", "stats", "observed", "tuning")}
+             for g in ("samples", "stats", "observed")}
+    group["tuning"] = _read_tree(meta["tuning"], arrays)
     state = (ckpt.ChainState.from_meta(meta["state"], arrays, "state/")
              if "state" in meta else None)
     if model is None and (args or kwargs):
@@ -234,3 +235,47 @@ def load_result(path: str | os.PathLike, model: Callable | None = None, *args: A
                   observed=group["observed"], tuning=group["tuning"],
                   timing=meta.get("timing", {}), model=model, model_args=tuple(args),
                   model_kwargs=dict(kwargs), state=state)
+
+
+def _write_tree(group: str, values: dict, arrays: dict) -> dict:
+    """Store ``values`` (name -> array or nested dict/list of arrays, e.g. VI's fitted
+    params) in ``arrays`` under ``group/...``; returns the layout for :func:`_read_tree`.
+    Leaves that are not numbers or strings (functions, objects) are left out."""
+    layout = {}
+    for name, value in values.items():
+        leaves = jax.tree_util.tree_flatten_with_path(value)[0]
+        entries = []
+        for i, (path, leaf) in enumerate(leaves):
+            host = ckpt.to_host(leaf)
+            if host.dtype == object:
+                continue
+            entry = f"{group}/{name}" if not path else f"{group}/{name}#{i}"
+            arrays[entry] = host
+            entries.append([entry, [_path_key(k) for k in path]])
+        if entries:
+            layout[name] = entries
+    return layout
+
+
+def _path_key(key: Any) -> Any:
+    for attr in ("key", "idx", "name"):
+        if hasattr(key, attr):
+            return getattr(key, attr)
+    return str(key)
+
+
+def _read_tree(layout: dict, arrays: dict) -> dict:
+    """What :func:`_write_tree` stored: arrays, nested containers as nested dicts."""
+    out = {}
+    for name, entries in layout.items():
+        if len(entries) == 1 and not entries[0][1]:
+            out[name] = arrays[entries[0][0]]
+            continue
+        tree: dict = {}
+        for entry, path in entries:
+            node = tree
+            for k in path[:-1]:
+                node = node.setdefault(k, {})
+            node[path[-1]] = arrays[entry]
+        out[name] = tree
+    return out

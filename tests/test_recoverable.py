@@ -200,6 +200,22 @@ def test_save_and_load_round_trip_and_extend(base, tmp_path):
         inference.load_result(bogus)
 
 
+def test_save_keeps_nested_tuning_and_a_result_without_chains(tmp_path):
+    # A Result built by hand (as VI's: nested fitted params, no chain state): no compiling.
+    tuning = {"params": {"guide": {"loc": np.arange(3.0)}}, "pair": [np.ones(2), np.zeros(1)],
+              "step_size": np.float32(0.5), "fn": (lambda x: x)}
+    r = inference.Result(samples={"x": np.ones((2, 5))}, stats={"lp": np.zeros((2, 5))},
+                         method=inference.VI(steps=10), tuning=tuning)
+    r.save(tmp_path / "vi.npz")
+    loaded = inference.load_result(tmp_path / "vi.npz")
+    np.testing.assert_array_equal(loaded.tuning["params"]["guide"]["loc"], np.arange(3.0))
+    np.testing.assert_array_equal(loaded.tuning["pair"][1], np.zeros(1))
+    assert loaded.tuning["step_size"] == np.float32(0.5) and "fn" not in loaded.tuning
+    assert loaded.method == inference.VI(steps=10) and loaded.state is None
+    with pytest.raises(ValueError, match="no chain state to continue"):
+        loaded.extend(5)
+
+
 # -- init_params ---------------------------------------------------------------------------
 def test_init_params_are_checked_before_running():
     with pytest.raises(ModelError, match=r"no value for latent site\(s\) \['s'\]"):
