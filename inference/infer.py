@@ -79,7 +79,8 @@ def infer(
             state and draws so far are written every ``checkpoint_every`` steps (warmup
             and sampling; default: every twentieth of the run) and at the end. If the file
             exists, the run resumes from it: after a crash, the same call again finishes
-            the run with the same draws as an uninterrupted one. It must come from the same
+            the run with the same draws as an uninterrupted one (a finished run's file gives
+            its draws back at once). It must come from the same
             call (method, counts, key, data), else a ``ValueError`` says what differs.
         diagnostics: warn (one line each, :class:`inference.diagnostics.DiagnosticWarning`)
             about what ``result.diagnose()`` finds: R-hat > 1.01, bulk ESS < 100 per chain,

@@ -144,6 +144,16 @@ def test_ctrl_c_returns_the_draws_so_far_and_extend_finishes_the_run(base, monke
     assert_same(partial.extend(20, progress=False, diagnostics=False), base)
 
 
+def test_ctrl_c_during_extend_returns_the_new_draws_so_far(base, monkeypatch):
+    monkeypatch.setattr(chains, "ProgressBar", StopAt(10, KeyboardInterrupt()))
+    with pytest.warns(UserWarning, match=r"after 10 of 40 draws per chain"):
+        partial = base.extend(S, progress=False, diagnostics=False)
+    monkeypatch.undo()
+    assert partial.num_draws == S + 10 and partial.state.draws == S + 10
+    full = base.extend(S, progress=False, diagnostics=False)
+    np.testing.assert_array_equal(partial.samples["mu"], full.samples["mu"][:, :S + 10])
+
+
 def test_ctrl_c_during_warmup_propagates(monkeypatch):
     monkeypatch.setattr(chains, "ProgressBar", StopAt(W // 2, KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt, match="during warmup"):
@@ -165,7 +175,7 @@ def test_a_crashed_run_resumes_from_its_checkpoint_bit_identically(base, tmp_pat
     assert_same(run(checkpoint=path), base)
 
 
-def test_a_checkpoint_from_another_run_is_refused(tmp_path, monkeypatch):
+def test_a_checkpoint_from_another_run_is_refused(base, tmp_path, monkeypatch):
     path = tmp_path / "run.npz"
     monkeypatch.setattr(chains, "ProgressBar", StopAt(8, KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
@@ -173,6 +183,8 @@ def test_a_checkpoint_from_another_run_is_refused(tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(ValueError, match="differs in key"):
         run(checkpoint=path, key=1)
+    # Resumed from inside warmup (the adaptation state is in the file): the same run.
+    assert_same(run(checkpoint=path), base)
     with pytest.raises(ValueError, match="checkpoint_every is given but checkpoint is not"):
         run(checkpoint_every=5)
     with pytest.raises(TypeError, match="accepted by MCMC methods"):
