@@ -11,29 +11,28 @@ on the current values of all other sites. Every block's update leaves the condit
 Block values:
 
 * ``Enumerate()`` -- discrete sites with finite support: an exact draw from the
-  conditional, computed by evaluating the model at every support value.
-* ``DiscreteMH(step_size=1)`` -- discrete sites, any support (e.g. Poisson): a Metropolis
-  step with a symmetric proposal (uniform over the other values for a finite support, a
-  random walk of up to ``step_size`` for an unbounded one).
+  conditional, computed by evaluating the model at every support value -- element-wise
+  over a plate when its elements are conditionally independent, jointly over all ``K^n``
+  configurations when some term couples them (``jnp.roll``, a ``scan`` Markov chain, a
+  matrix product; detected when the kernel is built) and ``K^n <= max_joint``, otherwise
+  an error naming the coupling terms. See :mod:`inference.gibbs_discrete`.
+* ``DiscreteMH(step_size=1, num_elements=1, num_steps=None)`` -- discrete sites, any
+  support (e.g. Poisson): Metropolis steps that each move ``num_elements`` random elements
+  (to a uniformly drawn other value for a finite support, by a random walk of up to
+  ``step_size`` for an unbounded one), one step per element per sweep by default.
 * a continuous kernel given as a *factory* ``logdensity_fn -> SamplingAlgorithm``:
   ``functools.partial(langevin.mala, step_size=0.1)``, ``lambda ld: blackjax.mala(ld, 0.1)``,
   ``lambda ld: kernels.compose(langevin.mala(ld, 0.1), langevin.obabo(ld, 0.2))``. It is
   called with the block's conditional log density over ``{site: unconstrained value}``
-  (log-Jacobians included) whenever the other blocks have changed.
+  (log-Jacobians included) whenever the other blocks have changed. A factory that takes a
+  ``step_size`` keyword (``functools.partial(langevin.mala, step_size=0.1)``, or
+  ``langevin.mala`` itself) and whose kernel reports an ``acceptance_rate`` gets its step
+  size tuned by :class:`Gibbs` during warmup: dual averaging (Hoffman & Gelman 2014,
+  BlackJAX's ``dual_averaging_adaptation``) per chain and block towards
+  ``Gibbs.target_accept_prob``, starting from the factory's step size (0.1 if it has none)
+  and frozen at the averaged iterate after warmup.
 
-**Sites in a plate.** A discrete site with batch shape (e.g. mixture assignments ``z`` of
-shape ``(N,)`` under ``numpyro.plate``) is enumerated *element-wise*: for each support value
-``k`` the model is evaluated once with the constant vector ``z = (k, ..., k)``, and each log
-density term is attributed to the elements whose batch axes it carries; element ``i``'s
-conditional is then the softmax over ``k`` of its own terms. This costs ``K`` model
-evaluations (``K`` the support size) instead of the ``K^N`` of a joint enumeration, and it
-is exact when the elements are conditionally independent given the other blocks -- each
-term of the model involves at most one element, which is what ``numpyro.plate`` declares
-and holds for mixture assignments. A joint enumeration would also be exact when elements
-interact (through a term without the plate's axis, e.g. a site depending on ``z.sum()``);
-that case is detected when the kernel is built (by tracing which terms depend on ``z``) and
-is an error naming the offending site. A block of several discrete sites is updated one
-site after the other (each exactly).
+A block of several discrete sites is updated one site after the other (each exactly).
 
 **Gradients.** ``n_grad`` counts the continuous blocks' gradients: their kernels' own, plus
 one per sweep to refresh the cached gradient of a block whose conditional changed (a kernel
@@ -71,62 +70,33 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
-import jax.extend.core as jcore
 import jax.numpy as jnp
+from blackjax.adaptation.step_size import dual_averaging_adaptation
 from blackjax.base import SamplingAlgorithm
-from numpyro import handlers
-from numpyro.distributions.transforms import biject_to
-from numpyro.infer import util as numpyro_util
-from numpyro.infer.initialization import init_to_uniform
 
 from inference import progress as progress_lib
 from inference.arguments import CONCRETE_ERRORS, split_arguments, static_part
 from inference.compilation import compiling
-from inference.kernels import _acceptance, info_n_grad
+from inference.gibbs_model import _Model
+from inference.gibbs_discrete import DiscreteMH, Enumerate, _DiscreteMH, _Enumerator
+from inference.kernels import CountedInfo, _acceptance, info_n_grad
 from inference.sharding import constrain_leading, describe, gather, mesh_for
 from inference.method import Method
 from ppl.errors import ModelError
-from ppl.tracing import latent_sites, model_name, trace_model
 
 __all__ = ["Enumerate", "DiscreteMH", "GibbsState", "GibbsInfo", "gibbs", "Gibbs",
            "initial_position", "constrain"]
 
 
 # ----------------------------------------------------------------------------------------
-# Block specifications
+# States and infos
 # ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Enumerate:
-    """Exact conditional draw of a discrete site with finite support, by enumerating it.
-
-    Sites with batch shape are enumerated element-wise (see the module docstring).
-    """
-
-
-@dataclass(frozen=True)
-class DiscreteMH:
-    """Metropolis step for a discrete site, with a symmetric proposal.
-
-    Finite support (``dist.enumerate_support()`` exists, contiguous integers): each element
-    moves to a uniformly drawn *other* value. Otherwise (e.g. Poisson): each element moves
-    by ``+-U{1, ..., step_size}``; a proposal outside the support is rejected. All elements
-    of the site are proposed together and accepted or rejected together, so for a large
-    plate of independent assignments prefer :class:`Enumerate`.
-    """
-
-    step_size: int = 1
-
-    def __post_init__(self):
-        if not (isinstance(self.step_size, int) and self.step_size >= 1):
-            raise ValueError(f"DiscreteMH(step_size={self.step_size!r}): must be a positive int.")
-
-
 class GibbsState(NamedTuple):
     """State of :func:`gibbs`.
 
@@ -154,264 +124,6 @@ class GibbsInfo(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------
-# The model: sites, spaces, log densities
-# ----------------------------------------------------------------------------------------
-class _Site(NamedTuple):
-    name: str
-    discrete: bool
-    shape: tuple          # value shape (constrained for continuous sites)
-    batch_shape: tuple
-    event_shape: tuple
-    transform: Any        # continuous: unconstrained -> constrained
-    support: Any          # the support constraint
-    fn: Any               # the distribution at the traced values (for enumerate_support)
-
-
-class _Model:
-    """A model with its arguments: latent sites, constrain maps, joint and per-site log densities."""
-
-    def __init__(self, model: Callable, args: tuple, kwargs: dict):
-        self.model, self.args, self.kwargs = model, tuple(args), dict(kwargs)
-        self.trace = trace_model(model, *args, **kwargs)
-        self.sites: OrderedDict[str, _Site] = OrderedDict()
-        for name, site in latent_sites(self.trace).items():
-            fn = site["fn"]
-            discrete = bool(fn.support.is_discrete)
-            self.sites[name] = _Site(
-                name, discrete, tuple(jnp.shape(site["value"])), tuple(fn.batch_shape),
-                tuple(fn.event_shape), None if discrete else biject_to(fn.support), fn.support, fn,
-            )
-
-    @property
-    def name(self) -> str:
-        return model_name(self.model)
-
-    def values(self, position: dict) -> dict:
-        """Constrained values of the latent sites."""
-        return {n: (position[n] if s.discrete else s.transform(position[n]))
-                for n, s in self.sites.items()}
-
-    def log_joint(self, position: dict) -> jax.Array:
-        """Log joint over the mixed position (unconstrained continuous, with log-Jacobians)."""
-        values = self.values(position)
-        lp, _ = numpyro_util.log_density(self.model, self.args, self.kwargs, values)
-        for n, s in self.sites.items():
-            if not s.discrete:
-                lp = lp + jnp.sum(s.transform.log_abs_det_jacobian(position[n], values[n]))
-        return lp
-
-    def site_terms(self, values: dict) -> dict[str, jax.Array]:
-        """Each sample site's (plate-scaled, unsummed) log density at constrained ``values``."""
-        model = handlers.substitute(handlers.seed(self.model, rng_seed=0), data=values)
-        trace = handlers.trace(model).get_trace(*self.args, **self.kwargs)
-        out = {}
-        for name, site in trace.items():
-            if site["type"] == "sample":
-                term = site["fn"].log_prob(site["value"])
-                if site.get("scale") is not None:
-                    term = site["scale"] * term
-                out[name] = term
-        return out
-
-    def constrain(self, position: dict) -> dict:
-        """Constrained latent values plus the model's deterministic sites."""
-        values = self.values(position)
-        model = handlers.substitute(handlers.seed(self.model, rng_seed=0), data=values)
-        trace = handlers.trace(model).get_trace(*self.args, **self.kwargs)
-        values.update({n: s["value"] for n, s in trace.items() if s["type"] == "deterministic"})
-        return values
-
-    def draw_position(self, key: jax.Array, radius: float = 2.0) -> dict:
-        """Continuous sites uniform in ``[-radius, radius]`` (unconstrained), discrete ones
-        from the prior given those (NumPyro's ``init_to_uniform``)."""
-        model = handlers.substitute(handlers.seed(self.model, rng_seed=key),
-                                    substitute_fn=init_to_uniform(radius=radius))
-        trace = handlers.trace(model).get_trace(*self.args, **self.kwargs)
-        return self.position_from_values({n: trace[n]["value"] for n in self.sites})
-
-    def position_from_values(self, values: dict) -> dict:
-        return {n: (jnp.asarray(values[n]).astype(jnp.int32) if s.discrete
-                    else jnp.asarray(s.transform.inv(jnp.asarray(values[n])), jnp.result_type(float)))
-                for n, s in self.sites.items()}
-
-    def check_position(self, position: Any) -> dict:
-        if not isinstance(position, dict):
-            raise TypeError(f"gibbs: the position must be a dict {{site: value}}; got "
-                            f"{type(position).__name__}.")
-        missing = [n for n in self.sites if n not in position]
-        extra = [n for n in position if n not in self.sites]
-        if missing or extra:
-            raise ValueError(
-                f"gibbs: the position of model {self.name} must hold exactly its latent sites "
-                f"{list(self.sites)}; missing {missing}, unknown {extra}."
-            )
-        out = {}
-        for n, s in self.sites.items():
-            v = jnp.asarray(position[n])
-            want = s.shape if s.discrete else tuple(s.transform.inverse_shape(s.shape))
-            if tuple(v.shape) != want:
-                raise ValueError(f"gibbs: position['{n}'] has shape {tuple(v.shape)}; expected {want}"
-                                 + ("" if s.discrete else " (unconstrained)") + ".")
-            out[n] = v.astype(jnp.int32) if s.discrete else v.astype(jnp.result_type(float))
-        return out
-
-
-# ----------------------------------------------------------------------------------------
-# Element-wise attribution of log density terms to a site's batch elements
-# ----------------------------------------------------------------------------------------
-def _check_aligned(shape: tuple, batch: tuple, site: str, other: str) -> None:
-    for d, b in zip(shape, batch):
-        if b != 1 and d not in (1, b):
-            raise ModelError(
-                f"Enumerate('{site}'): the log density of site '{other}' has shape "
-                f"{shape}, which does not align with '{site}''s batch shape {batch}."
-            )
-
-
-def _align(term: Any, batch: tuple, site: str, other: str,
-           abstract: bool = False) -> tuple[Any, bool]:
-    """``term`` summed onto the batch axes ``batch`` (right-aligned, as NumPyro's plates are).
-
-    Returns ``(aligned, shares_all_axes)``; the flag is False when ``term`` lacks some
-    non-trivial axis of ``batch`` (it is then shared by several elements).
-    """
-    if abstract:  # shapes only
-        shape = tuple(term.shape)[max(len(term.shape) - len(batch), 0):]
-        shape = (1,) * (len(batch) - len(shape)) + shape
-        _check_aligned(shape, batch, site, other)
-        shape = tuple(1 if b == 1 else d for d, b in zip(shape, batch))
-        return None, all(d == b for d, b in zip(shape, batch) if b != 1)
-    term = jnp.asarray(term)
-    r = len(batch)
-    if term.ndim > r:
-        term = jnp.sum(term, axis=tuple(range(term.ndim - r)))
-    term = term.reshape((1,) * (r - term.ndim) + term.shape)
-    _check_aligned(tuple(term.shape), batch, site, other)
-    axes = tuple(j for j in range(r) if batch[j] == 1 and term.shape[j] != 1)
-    if axes:
-        term = jnp.sum(term, axis=axes, keepdims=True)
-    shares = all(term.shape[j] == batch[j] for j in range(r) if batch[j] != 1)
-    return jnp.broadcast_to(term, batch), shares
-
-
-def _shares_axes(shape: tuple, batch: tuple, site: str, other: str) -> bool:
-    """Does a term of shape ``shape`` carry every non-trivial axis of ``batch``?"""
-    return _align(jax.ShapeDtypeStruct(shape, jnp.float32), batch, site, other, abstract=True)[1]
-
-
-def _depends_on_input(fn: Callable, x: Any) -> list[bool]:
-    """Which outputs of ``fn(x)`` depend on ``x`` (conservative taint through the jaxpr)."""
-    closed = jax.make_jaxpr(fn)(x)
-    tainted = {v for v in closed.jaxpr.invars}
-    for eqn in closed.jaxpr.eqns:
-        if any(isinstance(v, jcore.Var) and v in tainted for v in eqn.invars):
-            tainted.update(eqn.outvars)
-    return [isinstance(v, jcore.Var) and v in tainted for v in closed.jaxpr.outvars]
-
-
-class _Enumerator:
-    """Exact (element-wise) conditional draw of one discrete site."""
-
-    def __init__(self, m: _Model, name: str):
-        s = m.sites[name]
-        self.m, self.name, self.site = m, name, s
-        if not s.fn.has_enumerate_support:
-            raise ValueError(
-                f"Enumerate() on site '{name}' of model {m.name}: its distribution "
-                f"{type(s.fn).__name__} has no finite support to enumerate (support "
-                f"{s.support}). Use DiscreteMH() for it, or marginalise it out."
-            )
-        support = jnp.asarray(s.fn.enumerate_support(expand=False))
-        k = support.shape[0]
-        self.support = support.reshape((k,) + s.event_shape).astype(jnp.int32)
-        self.batch = s.batch_shape
-        self._check_independence()
-
-    def _terms(self, values: dict, z: jax.Array) -> dict:
-        return self.m.site_terms({**values, self.name: z})
-
-    def _check_independence(self) -> None:
-        """Find the terms that depend on the site (only those enter its conditional) and
-        check that each carries the site's batch axes."""
-        values = {n: self.m.trace[n]["value"] for n in self.m.sites}
-        z0 = jnp.broadcast_to(self.support[0], self.site.shape)
-        terms = jax.eval_shape(lambda z: self._terms(values, z), z0)
-        names = list(terms)
-        deps = _depends_on_input(lambda z: [self._terms(values, z)[n] for n in names], z0)
-        # Terms that do not depend on z are constant in z and cancel in its conditional;
-        # leaving them out also lets them have any shape (e.g. a vector of component means).
-        self.relevant = tuple(n for n, d in zip(names, deps) if d)
-        if all(b == 1 for b in self.batch):
-            return
-        bad = [n for n in self.relevant
-               if not _shares_axes(tuple(terms[n].shape), self.batch, self.name, n)]
-        if bad:
-            raise ModelError(
-                f"Enumerate() on site '{self.name}' of model {self.m.name}: site(s) {bad} depend "
-                f"on '{self.name}' but their log densities lack its batch axes {self.batch}, so "
-                f"the elements of '{self.name}' are not conditionally independent and cannot be "
-                "enumerated element-wise. Put those sites inside the same plate, or give each "
-                "element its own site."
-            )
-
-    def logits(self, values: dict) -> jax.Array:
-        """``(K, *batch)``: each element's conditional log probability per support value."""
-
-        def one(value):
-            z = jnp.broadcast_to(value, self.site.shape)
-            total = jnp.zeros(self.batch)
-            terms = self._terms(values, z)
-            for other in self.relevant:
-                total = total + _align(terms[other], self.batch, self.name, other)[0]
-            return total
-
-        return jax.vmap(one)(self.support)
-
-    def draw(self, key: jax.Array, values: dict) -> jax.Array:
-        logits = self.logits(values)
-        logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
-        idx = jax.random.categorical(key, logits, axis=0)
-        return self.support[idx]
-
-
-class _DiscreteMH:
-    """Metropolis step for one discrete site (all elements jointly)."""
-
-    def __init__(self, m: _Model, name: str, step_size: int):
-        s = m.sites[name]
-        self.m, self.name, self.site, self.step_size = m, name, s, step_size
-        if s.event_shape:
-            raise ValueError(f"DiscreteMH() on site '{name}': event-shaped discrete "
-                             f"distributions ({type(s.fn).__name__}) are not supported; use Enumerate().")
-        self.finite = bool(s.fn.has_enumerate_support)
-        if self.finite:
-            with jax.ensure_compile_time_eval():  # concrete while a program is traced
-                support = jnp.asarray(s.fn.enumerate_support(expand=False)).reshape(-1)
-                self.low, self.k = int(support[0]), int(support.shape[0])
-
-    def step(self, key: jax.Array, position: dict, logdensity: jax.Array):
-        k_prop, k_dir, k_acc = jax.random.split(key, 3)
-        z = position[self.name]
-        if self.finite:
-            shift = jax.random.randint(k_prop, z.shape, 1, max(self.k, 2))
-            new = self.low + (z - self.low + shift) % self.k if self.k > 1 else z
-        else:
-            size = jax.random.randint(k_prop, z.shape, 1, self.step_size + 1)
-            sign = jnp.where(jax.random.bernoulli(k_dir, 0.5, z.shape), 1, -1)
-            new = z + sign * size
-        new = new.astype(z.dtype)
-        proposal = {**position, self.name: new}
-        inside = jnp.all(self.site.support(new))
-        lp_new = jnp.where(inside, self.m.log_joint(proposal), -jnp.inf)
-        lp_new = jnp.where(jnp.isnan(lp_new), -jnp.inf, lp_new)
-        log_ratio = lp_new - logdensity
-        rate = jnp.exp(jnp.minimum(log_ratio, 0.0))
-        accept = jnp.log(jax.random.uniform(k_acc)) < log_ratio
-        return (jnp.where(accept, new, z), jnp.where(accept, lp_new, logdensity),
-                rate.astype(jnp.result_type(float)))
-
-
-# ----------------------------------------------------------------------------------------
 # Blocks
 # ----------------------------------------------------------------------------------------
 class _Block(NamedTuple):
@@ -419,6 +131,26 @@ class _Block(NamedTuple):
     kind: str            # "enumerate" | "mh" | "continuous"
     spec: Any
     updaters: tuple      # _Enumerator / _DiscreteMH per site (discrete blocks)
+    step_size: float | None = None  # continuous blocks whose step size can be tuned: the initial one
+
+
+def _initial_step_size(spec: Callable) -> float | None:
+    """A factory's ``step_size`` keyword default (0.1 if it has none), or None if the factory
+    takes no ``step_size`` keyword (its step size cannot be tuned)."""
+    try:
+        params = inspect.signature(spec).parameters
+    except (TypeError, ValueError):
+        return None
+    p = params.get("step_size")
+    if p is None or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+        return None
+    if p.default is p.empty:
+        return 0.1
+    try:
+        h = float(p.default)
+    except (TypeError, ValueError):
+        return None
+    return h if h > 0.0 else None
 
 
 def _block_names(key: Any) -> tuple:
@@ -428,7 +160,10 @@ def _block_names(key: Any) -> tuple:
     return names
 
 
-def _make_blocks(m: _Model, blocks: dict) -> list[_Block]:
+def _make_blocks(m: _Model, blocks: dict, coupling: dict | None = None) -> list[_Block]:
+    """The blocks; ``coupling`` is ``{site: {term: reason}}`` of an earlier coupling check
+    (see :class:`inference.gibbs_discrete._Enumerator`), for sites it has."""
+    coupling = coupling or {}
     if not isinstance(blocks, dict) or not blocks:
         raise TypeError("gibbs: blocks must be a non-empty dict {site or (sites...): kernel}; got "
                         f"{blocks!r}.")
@@ -456,10 +191,10 @@ def _make_blocks(m: _Model, blocks: dict) -> list[_Block]:
                     "factory, e.g. functools.partial(inference.langevin.mala, step_size=0.1)."
                 )
             if isinstance(spec, Enumerate):
-                ups = tuple(_Enumerator(m, n) for n in names)
+                ups = tuple(_Enumerator(m, n, spec, coupling.get(n)) for n in names)
                 out.append(_Block(names, "enumerate", spec, ups))
             else:
-                ups = tuple(_DiscreteMH(m, n, spec.step_size) for n in names)
+                ups = tuple(_DiscreteMH(m, n, spec) for n in names)
                 out.append(_Block(names, "mh", spec, ups))
         elif isinstance(spec, SamplingAlgorithm) or not callable(spec):
             raise TypeError(
@@ -476,7 +211,7 @@ def _make_blocks(m: _Model, blocks: dict) -> list[_Block]:
                     f"{discrete} of model {m.name}; use Enumerate() (finite support) or "
                     "DiscreteMH() for them, in a block of their own."
                 )
-            out.append(_Block(names, "continuous", spec, ()))
+            out.append(_Block(names, "continuous", spec, (), _initial_step_size(spec)))
     unassigned = [n for n in m.sites if n not in seen]
     if unassigned:
         raise ValueError(
@@ -495,9 +230,21 @@ def _has_cache(state: Any) -> bool:
 class _Sampler:
     """The Gibbs sweep over a model's blocks."""
 
-    def __init__(self, m: _Model, blocks: dict):
+    def __init__(self, m: _Model, blocks: dict, coupling: dict | None = None):
         self.m = m
-        self.blocks = _make_blocks(m, blocks)
+        self.blocks = _make_blocks(m, blocks, coupling)
+
+    def coupling(self) -> tuple:
+        """``((site, ((term, reason), ...)), ...)`` for the enumerated sites: the result of
+        their coupling checks, hashable (a compiled program's key holds it)."""
+        return tuple((up.name, tuple(sorted(up.coupling.items())))
+                     for b in self.blocks if b.kind == "enumerate" for up in b.updaters)
+
+    def factory(self, block: _Block, step_size: Any = None) -> Callable:
+        """The block's kernel factory, at ``step_size`` if given (a tuned block)."""
+        if step_size is None:
+            return block.spec
+        return lambda ld: block.spec(ld, step_size=step_size)
 
     def conditional(self, block: _Block, position: dict) -> Callable:
         def logdensity_fn(sub: dict) -> jax.Array:
@@ -513,11 +260,15 @@ class _Sampler:
             if b.kind != "continuous":
                 states.append(None)
                 continue
-            alg = b.spec(self.conditional(b, position))
+            alg = self.factory(b, b.step_size)(self.conditional(b, position))
             states.append(alg.init({n: position[n] for n in b.names}, k))
         return GibbsState(position, tuple(states), self.m.log_joint(position))
 
-    def step(self, rng_key: jax.Array, state: GibbsState) -> tuple[GibbsState, GibbsInfo]:
+    def step(self, rng_key: jax.Array, state: GibbsState,
+             step_sizes: tuple | None = None) -> tuple[GibbsState, GibbsInfo]:
+        """One sweep; ``step_sizes``: per block, the step size of a tuned continuous block
+        (``None`` for the others, or for all: the factories as given)."""
+        step_sizes = step_sizes or (None,) * len(self.blocks)
         position, logdensity = dict(state.position), state.logdensity
         states, infos, rates = list(state.states), [], []
         n_grad = jnp.zeros((), jnp.int32)
@@ -537,7 +288,7 @@ class _Sampler:
                 infos.append(rate)
             else:
                 logdensity_fn = self.conditional(b, position)
-                alg = b.spec(logdensity_fn)
+                alg = self.factory(b, step_sizes[i])(logdensity_fn)
                 sub = {n: position[n] for n in b.names}
                 k_init, k_step = jax.random.split(key)
                 own = states[i]
@@ -633,15 +384,31 @@ def constrain(model: Callable, position: dict, *args: Any, **kwargs: Any) -> dic
 # ----------------------------------------------------------------------------------------
 # The infer method
 # ----------------------------------------------------------------------------------------
+def _unwrap(info: Any) -> Any:
+    """A kernel's info without :func:`inference.kernels.counted`'s wrapper."""
+    return _unwrap(info.info) if isinstance(info, CountedInfo) else info
+
+
+def _cast(tree: Any, fdt: Any) -> Any:
+    """Dual-averaging state with fixed dtypes (a scan carry): floats ``fdt``, ints int32."""
+    return jax.tree.map(lambda x: jnp.asarray(x).astype(
+        fdt if jnp.issubdtype(jnp.result_type(x), jnp.floating) else jnp.int32), tree)
+
+
 @dataclass(frozen=True)
 class Gibbs(Method):
     """Within-Gibbs sampling as an ``inference.infer`` method: a kernel per block of sites.
 
     ``blocks`` is the dict of :func:`gibbs`. Chains start at random points (continuous sites
     uniform in ``[-2, 2]`` unconstrained, discrete sites from the prior; the first of
-    ``init_tries`` with a finite log density), run ``num_warmup`` sweeps that are discarded
-    (no step-size adaptation: the block kernels run with the parameters given), then
-    ``num_samples`` kept sweeps, ``jax.vmap``-ped over chains in one compiled program.
+    ``init_tries`` with a finite log density), run ``num_warmup`` sweeps that are discarded,
+    then ``num_samples`` kept sweeps, ``jax.vmap``-ped over chains in one compiled program.
+    During warmup, with ``adapt_step_size``, each continuous block whose factory takes a
+    ``step_size`` keyword and whose kernel reports an acceptance rate has its step size
+    tuned per chain by dual averaging towards ``target_accept_prob`` (0.574, optimal for
+    MALA; raise it for kinetic kernels), starting from the factory's own step size; it is
+    frozen after warmup, and ``tuning["step_size"]`` holds the final values per block
+    (``(chains,)`` arrays). Other blocks run with the parameters given.
     Samples are constrained values of every latent and deterministic site; stats are
     ``lp`` (log joint, unconstrained scale), ``n_grad`` and, when some block has an accept
     step, ``acceptance_rate``.
@@ -663,6 +430,8 @@ class Gibbs(Method):
 
     blocks: dict
     init_tries: int = 20
+    adapt_step_size: bool = True
+    target_accept_prob: float = 0.574
 
     handles_discrete: ClassVar[bool] = True
 
@@ -672,6 +441,12 @@ class Gibbs(Method):
                             "{site or (sites...): kernel}.")
         if not (isinstance(self.init_tries, int) and self.init_tries >= 1):
             raise ValueError(f"Gibbs(init_tries={self.init_tries!r}): must be a positive int.")
+        if not isinstance(self.adapt_step_size, bool):
+            raise TypeError(f"Gibbs(adapt_step_size={self.adapt_step_size!r}): must be True or False.")
+        t = self.target_accept_prob
+        if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 < t < 1.0):
+            raise ValueError(f"Gibbs(target_accept_prob={t!r}): must be a number in (0, 1), "
+                             "e.g. 0.574 for MALA or 0.75 for kinetic kernels.")
 
     def run(
         self,
@@ -693,22 +468,25 @@ class Gibbs(Method):
         """
         m = _Model(model, args, kwargs)  # checks the model and blocks on the real data
         mesh = mesh_for(devices, int(num_chains), what="chains", owner="Gibbs")
-        sampler = _Sampler(m, self.blocks)
+        sampler = _Sampler(m, self.blocks)  # checks enumerated sites for coupling
+        coupling = sampler.coupling()
         W, S, C = int(num_warmup), int(num_samples), int(num_chains)
         bar = progress_lib.ProgressBar(W + S, desc="Gibbs", enabled=progress,
                                        phases=[("warmup", W), ("sample", S)])
         data = (tuple(args), dict(kwargs))
         try:
-            run = self._program(model, data, split_arguments(data), W, S, C, mesh, progress)
+            run = self._program(model, data, split_arguments(data), W, S, C, mesh, progress,
+                                coupling)
         except CONCRETE_ERRORS:
             # The model (or a block) needs its data's values in Python, e.g. an enumerated
             # site whose support size comes from the data: compile with the data baked in.
-            run = self._program(model, data, ([], lambda _: data), W, S, C, mesh, progress)
+            run = self._program(model, data, ([], lambda _: data), W, S, C, mesh, progress,
+                                coupling)
         compiled, relay, programs, dyn = run
         t1 = time.perf_counter()
         relay.target = bar
         try:
-            samples, stats, found = gather(jax.block_until_ready(compiled(key, dyn)))
+            samples, stats, steps, found = gather(jax.block_until_ready(compiled(key, dyn)))
             jax.effects_barrier()  # every progress callback has run before the bar closes
         finally:
             relay.target = None
@@ -722,11 +500,27 @@ class Gibbs(Method):
                 "data and parameters, or raise init_tries."
             )
         tuning = {"blocks": [list(b.names) for b in sampler.blocks]}
+        if steps:
+            tuning["step_size"] = steps
         return samples, stats, tuning, {"compile": programs.seconds, "run": t2 - t1,
                                         "devices": describe(mesh), "cache": programs.cache}
 
-    def _program(self, model, data, split, W, S, C, mesh, progress):
-        """The compiled run of every chain, with the data as an argument (see run)."""
+    def _tuned(self, sampler: _Sampler, state: GibbsState, W: int) -> set:
+        """Indices of the continuous blocks whose step size is tuned: the factory takes a
+        ``step_size`` keyword and its kernel's info has an ``acceptance_rate``."""
+        candidates = [i for i, b in enumerate(sampler.blocks)
+                      if b.kind == "continuous" and b.step_size is not None]
+        if not (self.adapt_step_size and W > 0 and candidates):
+            return set()
+        one = jax.tree.map(lambda x: x[0], state)
+        steps = tuple(b.step_size if i in candidates else None
+                      for i, b in enumerate(sampler.blocks))
+        _, info = jax.eval_shape(lambda k, s: sampler.step(k, s, steps), jax.random.key(0), one)
+        return {i for i in candidates if getattr(_unwrap(info.infos[i]), "acceptance_rate", None) is not None}
+
+    def _program(self, model, data, split, W, S, C, mesh, progress, coupling):
+        """The compiled run of every chain, with the data as an argument (see run);
+        ``coupling``: the enumerated sites' coupling checks, made on the real data."""
         dyn, rebuild = split
         T = self.init_tries
         relay = progress_lib.Relay() if progress else None
@@ -734,7 +528,7 @@ class Gibbs(Method):
         def program(key, dyn):
             a, kw = rebuild(dyn)
             m = _Model(model, a, kw)
-            sampler = _Sampler(m, self.blocks)
+            sampler = _Sampler(m, self.blocks, {n: dict(c) for n, c in coupling})
             with_rate = sampler.has_accept
 
             def valid(position):
@@ -761,11 +555,33 @@ class Gibbs(Method):
             stats = {"lp": jnp.zeros((S, C), fdt), "n_grad": jnp.zeros((S, C), jnp.int32)}
             if with_rate:
                 stats["acceptance_rate"] = jnp.zeros((S, C), fdt)
+            tuned = self._tuned(sampler, state, W)
+            da_init, da_update, da_final = dual_averaging_adaptation(self.target_accept_prob)
+            steps = tuple(None if i not in tuned else jnp.full((C,), b.step_size, fdt)
+                          for i, b in enumerate(sampler.blocks))
+            da = tuple(None if h is None else _cast(jax.vmap(da_init)(h), fdt) for h in steps)
+
+            def adapt(t, da, steps, info):
+                """Dual averaging of the tuned blocks' step sizes during warmup."""
+                warm = t < W
+                new_da, new_steps = [], []
+                for i, (d, h) in enumerate(zip(da, steps)):
+                    if h is None:
+                        new_da.append(None), new_steps.append(None)
+                        continue
+                    acc = jnp.nan_to_num(_acceptance(info.infos[i])).astype(fdt)
+                    up = jax.tree.map(lambda u, o: jnp.where(warm, u.astype(o.dtype), o),
+                                      jax.vmap(da_update)(d, acc), d)
+                    h = jnp.where(t == W - 1, jax.vmap(da_final)(up),
+                                  jnp.where(warm, jnp.exp(up.log_step_size), h)).astype(fdt)
+                    new_da.append(up), new_steps.append(h)
+                return tuple(new_da), tuple(new_steps)
 
             def body(carry, xs):
-                state, draws, stats = carry
+                state, draws, stats, da, steps = carry
                 t, keys = xs
-                state, info = jax.vmap(sampler.step)(keys, state)
+                state, info = jax.vmap(sampler.step)(keys, state, steps)
+                da, steps = adapt(t, da, steps, info)
                 slot = jnp.maximum(t - W, 0)
                 put = lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, slot, 0)  # noqa: E731
                 new = {"lp": state.logdensity, "n_grad": info.n_grad}
@@ -773,20 +589,22 @@ class Gibbs(Method):
                     new["acceptance_rate"] = info.acceptance_rate
                 draws = jax.tree.map(put, draws, state.position)
                 stats = jax.tree.map(put, stats, new)
-                return (state, draws, stats), None
+                return (state, draws, stats, da, steps), None
 
             keys = jax.random.split(k_run, (W + S, C))
-            state, draws, stats = progress_lib.scan(
-                body, (state, draws, stats), (jnp.arange(W + S), keys), W + S, bar=relay)
+            state, draws, stats, da, steps = progress_lib.scan(
+                body, (state, draws, stats, da, steps), (jnp.arange(W + S), keys), W + S,
+                bar=relay)
             swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
             draws, stats = jax.tree.map(swap, draws), jax.tree.map(swap, stats)
             samples = jax.vmap(jax.vmap(m.constrain))(draws)
-            return constrain_leading((samples, stats), mesh, C) + (found,)
+            steps = {"+".join(b.names): h for b, h in zip(sampler.blocks, steps) if h is not None}
+            return constrain_leading((samples, stats, steps), mesh, C) + (found,)
 
         static = static_part(data) if dyn else ("constants", data)
         key = jax.random.key(0)
         with compiling("Gibbs", progress) as programs:
             compiled, relay = programs.compile(
                 jax.jit(program), (key, dyn), relay=relay or progress_lib.Relay(),
-                key=("gibbs", model, self, static, W, S, C, mesh, progress))
+                key=("gibbs", model, self, static, W, S, C, mesh, progress, coupling))
         return compiled, relay, programs, dyn

@@ -260,7 +260,8 @@ def interacting(y):
 
 def test_enumerate_refuses_interacting_plate_elements():
     with pytest.raises(ModelError, match=r"site\(s\) \['y'\] depend on 'z'"):
-        gibbs(interacting, {"z": Enumerate()}, 1.0)
+        # 2^3 = 8 configurations: enumerated jointly by default, refused over max_joint.
+        gibbs(interacting, {"z": Enumerate(max_joint=4)}, 1.0)
     # DiscreteMH updates the elements jointly, so it is valid there.
     alg = gibbs(interacting, {"z": DiscreteMH()}, 1.0)
     state, _ = alg.step(jax.random.key(0), alg.init({"z": jnp.zeros(3, jnp.int32)}))
