@@ -85,7 +85,7 @@ from inference.arguments import CONCRETE_ERRORS, split_arguments, static_part
 from inference.compilation import compiling
 from inference.gibbs_model import _Model
 from inference.gibbs_discrete import DiscreteMH, Enumerate, _DiscreteMH, _Enumerator
-from inference.kernels import CountedInfo, _acceptance, info_n_grad
+from inference.kernels import CombinedInfo, CountedInfo, _acceptance, info_n_grad
 from inference.sharding import constrain_leading, describe, gather, mesh_for
 from inference.method import Method
 from ppl.errors import ModelError
@@ -288,7 +288,8 @@ class _Sampler:
                 infos.append(rate)
             else:
                 logdensity_fn = self.conditional(b, position)
-                alg = self.factory(b, step_sizes[i])(logdensity_fn)
+                h = b.step_size if step_sizes[i] is None else step_sizes[i]
+                alg = self.factory(b, h)(logdensity_fn)
                 sub = {n: position[n] for n in b.names}
                 k_init, k_step = jax.random.split(key)
                 own = states[i]
@@ -338,6 +339,10 @@ def gibbs(model: Callable, blocks: dict, *args: Any, **kwargs: Any) -> SamplingA
         ValueError: for unknown sites (listing the model's latent sites), sites in no block,
             sites in two blocks, ``Enumerate`` on a site without finite support, or a kernel
             kind that does not fit a site.
+        ModelError: ``Enumerate`` on a site whose elements are coupled (see
+            :mod:`inference.gibbs_discrete`) with more than ``max_joint`` joint
+            configurations, naming the coupling sites; or model arguments that are tracers
+            (the coupling check evaluates the model: build the kernel outside ``jax.jit``).
 
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist
@@ -384,9 +389,14 @@ def constrain(model: Callable, position: dict, *args: Any, **kwargs: Any) -> dic
 # ----------------------------------------------------------------------------------------
 # The infer method
 # ----------------------------------------------------------------------------------------
-def _unwrap(info: Any) -> Any:
-    """A kernel's info without :func:`inference.kernels.counted`'s wrapper."""
-    return _unwrap(info.info) if isinstance(info, CountedInfo) else info
+def _has_accept(info: Any) -> bool:
+    """Does a kernel's info report a real acceptance rate? (A combination from
+    :mod:`inference.kernels` reports 1.0 when none of its members has an accept step.)"""
+    if isinstance(info, CountedInfo):
+        return _has_accept(info.info)
+    if isinstance(info, CombinedInfo):
+        return any(_has_accept(i) for i in info.infos)
+    return getattr(info, "acceptance_rate", None) is not None
 
 
 def _cast(tree: Any, fdt: Any) -> Any:
@@ -516,7 +526,7 @@ class Gibbs(Method):
         steps = tuple(b.step_size if i in candidates else None
                       for i, b in enumerate(sampler.blocks))
         _, info = jax.eval_shape(lambda k, s: sampler.step(k, s, steps), jax.random.key(0), one)
-        return {i for i in candidates if getattr(_unwrap(info.infos[i]), "acceptance_rate", None) is not None}
+        return {i for i in candidates if _has_accept(info.infos[i])}
 
     def _program(self, model, data, split, W, S, C, mesh, progress, coupling):
         """The compiled run of every chain, with the data as an argument (see run);

@@ -248,3 +248,24 @@ def test_tuning_can_be_turned_off_and_keeps_the_given_step_size():
     assert float(rank_normalized_rhat(np.asarray(r.samples["mu"])[..., None])[0]) > 1.1
     with pytest.raises(ValueError, match=r"target_accept_prob=1.5"):
         Gibbs({"mu": langevin.mala}, target_accept_prob=1.5)
+
+
+def test_only_factories_with_a_step_size_and_an_accept_step_are_tuned():
+    """Dual averaging needs an acceptance rate: a combination of unadjusted kernels reports
+    1.0 (every move taken), which would drive the step size up without bound."""
+    from inference import kernels
+    from inference.gibbs import _has_accept, _initial_step_size
+
+    def ld(x):
+        return -0.5 * jnp.sum(x**2)
+
+    def info(alg):
+        return alg.step(jax.random.key(0), alg.init(jnp.zeros(2)))[1]
+
+    assert _has_accept(info(langevin.mala(ld, 0.1)))
+    assert not _has_accept(info(langevin.ula(ld, 0.1)))
+    assert not _has_accept(info(kernels.compose(langevin.ula(ld, 0.1), langevin.ula(ld, 0.2))))
+    assert _has_accept(info(kernels.compose(langevin.ula(ld, 0.1), langevin.mala(ld, 0.2))))
+    assert _initial_step_size(functools.partial(langevin.mala, step_size=0.3)) == 0.3
+    assert _initial_step_size(langevin.mala) == 0.1  # required: tuning starts at 0.1
+    assert _initial_step_size(lambda ld: langevin.mala(ld, 0.3)) is None  # not tunable
