@@ -418,10 +418,11 @@ class _Job:
         if interrupted and save is not None:
             save(carry, t, force=True)
         if interrupted and t <= self.skip:
+            where = (f"during warmup (step {t} of {self.skip})" if self.skip
+                     else "before its first draw")
             raise KeyboardInterrupt(
-                f"{self.label} was interrupted during warmup (step {t} of {self.skip}): no "
-                "draws yet" + (f"; the checkpoint {os.fspath(path)!r} resumes it" if path
-                               else ""))
+                f"{self.label} was interrupted {where}: no draws yet"
+                + (f"; the checkpoint {os.fspath(path)!r} resumes it" if path else ""))
         return self._outputs(carry, run_key, t, S, programs, t_start, interrupted, S)
 
     def _fingerprint(self, key, S, tries, radius, given) -> dict:
