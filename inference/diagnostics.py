@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
-from scipy import stats as scipy_stats
 
 __all__ = ["DiagnosticWarning", "diagnose", "check_draws", "rank_normalized_rhat",
            "bulk_ess", "ebfmi", "warn_all"]
@@ -52,6 +51,8 @@ class DiagnosticWarning(UserWarning):
 
 def _rank_normal(x: np.ndarray) -> np.ndarray:
     """Draws (chains, draws, k) replaced by normal scores of their pooled ranks."""
+    from scipy import stats as scipy_stats  # on first use: it costs ~0.3 s to import
+
     c, n, k = x.shape
     ranks = scipy_stats.rankdata(x.reshape(c * n, k), axis=0).reshape(c, n, k)
     return scipy_stats.norm.ppf((ranks - 0.375) / (c * n + 0.25))
