@@ -198,8 +198,8 @@ def test_bimodal_mode_weights():
     pytest.param(lambda f: blackjax.mala(f, 0.1), marks=pytest.mark.slow), blackjax.mala],
     ids=["callable", "factory"])
 def test_blackjax_kernels(kernel):
-    # BlackJAX's MALA info has no n_grad: one gradient per step is assumed, plus one per
-    # particle and stage for the state re-initialisation. The plain callable keeps h = 0.1;
+    # BlackJAX's MALA info has no n_grad: the SMC counts the gradients a traced step takes (one),
+    # plus one per particle and stage for the state re-initialisation. The plain callable keeps h = 0.1;
     # the factory gets its step size set by the controller (no preconditioner: blackjax.mala
     # takes none).
     logprior = lambda x: -0.5 * (x / 3.0) ** 2 - math.log(3.0) - 0.5 * math.log(2 * math.pi)  # noqa: E731

@@ -1,0 +1,87 @@
+"""A model's prior and likelihood, split, in unconstrained space, for the SMC method."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
+
+from inference.smc.checks import lapack_ops
+
+if TYPE_CHECKING:  # the method module imports this one
+    from inference.smc.method import SMC
+
+from inference.smc.moves import _probe, _resolve_kernel
+
+
+def _split_potential(model: Callable, args: tuple, kwargs: dict, sites: list[str]):
+    """``(logprior_fn, loglikelihood_fn)`` over unconstrained positions ``{site: array}``.
+
+    Latent sites' log densities plus the log-Jacobians of their transforms (built from each
+    site's support as the model runs, so supports that depend on other latents work) make
+    the prior; observed sites and ``numpyro.factor`` terms make the likelihood (factors are
+    not part of the prior draws, so they must be tempered). Plate scales apply to both,
+    as in NumPyro's potential; the sum equals ``ppl.potential(model).logdensity_fn``.
+    """
+    parts = _model_terms(model, args, kwargs)
+
+    def loglik(u):
+        return sum(parts(u)[1].values(), jnp.zeros(()))
+
+    return (lambda u: parts(u)[0]), loglik
+
+
+def _model_terms(model: Callable, args: tuple, kwargs: dict) -> Callable:
+    """``u -> (log prior incl. log-Jacobians, {observed site: its log-likelihood term})``."""
+    def parts(u):
+        def sub(msg):
+            if msg["type"] == "sample" and not msg["is_observed"] and msg["name"] in u:
+                return biject_to(msg["fn"].support)(u[msg["name"]])
+            return None
+
+        with handlers.trace() as tr, handlers.seed(rng_seed=0), handlers.substitute(substitute_fn=sub):
+            model(*args, **kwargs)
+        prior = jnp.zeros(())
+        terms = {}
+        for name, site in tr.items():
+            if site["type"] != "sample":
+                continue
+            term = jnp.sum(site["fn"].log_prob(site["value"]))
+            if site["is_observed"]:
+                if site.get("scale") is not None:
+                    term = site["scale"] * term
+                terms[name] = term
+                continue
+            t = biject_to(site["fn"].support)
+            term = term + jnp.sum(t.log_abs_det_jacobian(u[name], site["value"]))
+            if site.get("scale") is not None:
+                term = site["scale"] * term
+            prior = prior + term
+        return prior, terms
+
+    return parts
+
+
+def _prior_draw(model: Callable, args: tuple, kwargs: dict, sites: list[str], key: jax.Array) -> dict:
+    """One draw of the latent sites from the prior, mapped to unconstrained space."""
+    tr = handlers.trace(handlers.seed(model, key)).get_trace(*args, **kwargs)
+    return {name: biject_to(tr[name]["fn"].support).inv(tr[name]["value"]).astype(jnp.result_type(float))
+            for name in sites}
+
+
+def _lapack_in_smc(method: "SMC", model: Callable, args: tuple, kwargs: dict, sites: list[str],
+                   u0: dict) -> set[str]:
+    """LAPACK-backed primitives in the prior draws, the target or the move (traced, not run)."""
+    logprior, loglik = _split_potential(model, args, kwargs, sites)
+    dim = int(ravel_pytree(u0)[0].size)
+    move = _resolve_kernel(method.kernel, method.init_step_size, method.target_acceptance,
+                           method.adapt_step_size, dim, where="SMC")
+    key = jax.random.key(0)
+    probe = _probe(move, logprior, loglik, u0, key, dim, jnp.result_type(float))
+    draw = jax.make_jaxpr(functools.partial(_prior_draw, model, args, kwargs, sites))(key)
+    return set(probe.lapack) | lapack_ops(draw.jaxpr)
