@@ -55,6 +55,7 @@ class _Warmup(NamedTuple):
     step_size: jax.Array
     inverse_mass_matrix: jax.Array
     acceptance_sum: jax.Array
+    n_grad: jax.Array  # gradient evaluations so far (steps, step-size searches, init)
 
 
 def _scaled_mass_matrix_final(diagonal: bool) -> Callable:
@@ -101,7 +102,10 @@ def window_adaptation(
     and ``{"step_size", "inverse_mass_matrix", **kernel_kwargs}``, so that
     ``kernel_factory(logdensity_fn, **params)`` is the tuned kernel. ``params`` also holds
     ``"mean_acceptance_rate"`` (over the warmup) under the key ``"warmup_acceptance_rate"``
-    -- pop it before passing ``params`` on, or use :func:`kernel_params`.
+    and the gradient evaluations the warmup made under ``"warmup_n_grad"`` (the initial
+    state's gradient, every transition's ``info.n_grad``, and every trial transition of
+    the step-size searches at the start and at the end of each window) -- pop them before
+    passing ``params`` on, or use :func:`kernel_params`.
 
     The step size after the last warmup step is dual averaging's averaged iterate (Stan's
     rule); with fewer than 20 steps only the step size is adapted.
@@ -137,27 +141,30 @@ def window_adaptation(
                               **kernel_kwargs)
 
     def acceptance(state, step_size, imm, key):
-        return jnp.nan_to_num(make(step_size, imm).step(key, state)[1].acceptance_rate)
+        info = make(step_size, imm).step(key, state)[1]
+        return jnp.nan_to_num(info.acceptance_rate), jnp.asarray(info.n_grad, jnp.int32)
 
     def reasonable(state, step_size, imm, key):
         """Stan's step-size re-initialisation: double (or halve) the step size until one
         transition's acceptance rate crosses ``target``. Dual averaging then starts from a
         step size that fits the current mass matrix and position, which keeps a chain that
-        starts in the tails (large gradients) from collapsing its step size for good."""
-        a0 = acceptance(state, step_size, imm, key)
+        starts in the tails (large gradients) from collapsing its step size for good.
+        Returns the step size and the gradients its trial transitions took."""
+        a0, n0 = acceptance(state, step_size, imm, key)
         factor = jnp.where(a0 > target, 2.0, 0.5)
 
         def cond(c):
-            h, a, i = c
+            h, a, i, _ = c
             return (i < 10) & jnp.where(factor > 1.0, a > target, a < target)
 
         def body(c):
-            h, _, i = c
+            h, _, i, n = c
             h = h * factor
-            return h, acceptance(state, h, imm, key), i + 1
+            a, m = acceptance(state, h, imm, key)
+            return h, a, i + 1, n + m
 
-        h, _, _ = jax.lax.while_loop(cond, body, (step_size, a0, 0))
-        return h
+        h, _, _, n = jax.lax.while_loop(cond, body, (step_size, a0, 0, n0))
+        return h, n
 
     def body(carry, xs):
         state, w = carry
@@ -170,23 +177,29 @@ def window_adaptation(
 
         def end_window(da, mm):
             mm = mm_final(mm)
-            h = reasonable(state, da_final(da), mm.inverse_mass_matrix, k_search)
-            return da_init(h), mm
+            h, n = reasonable(state, da_final(da), mm.inverse_mass_matrix, k_search)
+            return da_init(h), mm, n
 
-        da, mm = jax.lax.cond(window_end[t], end_window, lambda d, m: (d, m), da, mm)
+        def same(da, mm):
+            return da, mm, jnp.zeros((), jnp.int32)
+
+        da, mm, n_search = jax.lax.cond(window_end[t], end_window, same, da, mm)
         step_size = jnp.where(t == W - 1, da_final(da), jnp.exp(da.log_step_size))
+        n_grad = w.n_grad + jnp.asarray(info.n_grad, jnp.int32) + n_search
         return (state, _Warmup(da, mm, step_size, mm.inverse_mass_matrix,
-                               w.acceptance_sum + acc)), None
+                               w.acceptance_sum + acc, n_grad)), None
 
     init_key, search_key, key = jax.random.split(key, 3)
     mm0 = mm_init(dim)
     step0 = jnp.asarray(initial_step_size, dtype=jnp.result_type(float))
-    state = make(step0, mm0.inverse_mass_matrix).init(position, init_key)
-    step0 = reasonable(state, step0, mm0.inverse_mass_matrix, search_key)
-    w = _Warmup(da_init(step0), mm0, step0, mm0.inverse_mass_matrix, jnp.zeros((), step0.dtype))
+    state = make(step0, mm0.inverse_mass_matrix).init(position, init_key)  # one gradient
+    step0, n_search = reasonable(state, step0, mm0.inverse_mass_matrix, search_key)
+    w = _Warmup(da_init(step0), mm0, step0, mm0.inverse_mass_matrix, jnp.zeros((), step0.dtype),
+                1 + n_search)
     (state, w), _ = jax.lax.scan(body, (state, w), (jnp.arange(W), jax.random.split(key, W)))
     params = {"step_size": w.step_size, "inverse_mass_matrix": w.inverse_mass_matrix,
-              **kernel_kwargs, "warmup_acceptance_rate": w.acceptance_sum / W}
+              **kernel_kwargs, "warmup_acceptance_rate": w.acceptance_sum / W,
+              "warmup_n_grad": w.n_grad}
     return state, params
 
 
@@ -216,8 +229,9 @@ def max_curvature(
 ) -> jax.Array:
     """Largest |eigenvalue| of the preconditioned Hessian ``S^T (-grad^2 log p)(x) S``.
 
-    Power iteration with Hessian-vector products (``jax.jvp`` of ``jax.grad``): about
-    ``num_iterations`` gradient-sized evaluations, no ``d x d`` Hessian. For a Gaussian
+    Power iteration with Hessian-vector products (``jax.jvp`` of ``jax.grad``):
+    ``num_iterations + 1`` of them (:func:`curvature_n_grad` counts their cost in
+    gradients), no ``d x d`` Hessian. For a Gaussian
     target this is ``1 / lam_min`` of the preconditioned covariance, whatever ``x`` is.
 
     Example:
@@ -240,6 +254,20 @@ def max_curvature(
     v0 = jax.random.normal(key, flat.shape, flat.dtype)
     v, _ = jax.lax.scan(body, v0 / jnp.linalg.norm(v0), None, length=num_iterations)
     return jnp.abs(jnp.vdot(v, hvp(v)))
+
+
+def curvature_n_grad(num_iterations: int = 30) -> int:
+    """The gradient evaluations :func:`max_curvature` costs, as counted in ``n_grad``.
+
+    It makes ``num_iterations + 1`` Hessian-vector products; each is a forward-mode
+    derivative of the gradient, which evaluates the gradient and its tangent, and counts as
+    two gradients (about its cost).
+
+    Example:
+        >>> curvature_n_grad(30)
+        62
+    """
+    return 2 * (int(num_iterations) + 1)
 
 
 def unadjusted_step_size(curvature: jax.Array, tolerance: float, kind: str) -> jax.Array:

@@ -65,12 +65,20 @@ def infer(
         progress: show a progress bar (updated a few times per run, not every step).
         devices: which devices the chains are split over (one compiled program, the chain
             axis sharded; see :mod:`inference.sharding`): ``None`` (default) uses every
-            device JAX sees when ``num_chains`` divides by their number, else the largest
-            number of them that divides it; ``"all"``, a number ``k`` (the first ``k``
-            devices) or a list of ``jax.Device`` must divide ``num_chains`` (else a
-            ``ValueError``). The same key gives the same draws on any number of devices.
-            ``result.timing["devices"]`` says how many ran. Methods that run on the model
-            (SMC, NeuTra) split their chains too; VI runs on one device.
+            accelerator JAX sees when ``num_chains`` divides by their number, else the
+            largest number of them that divides it, and one device on CPUs (CPU devices
+            share the host's cores); ``"all"``, a number ``k`` (the first ``k`` devices) or
+            a list of ``jax.Device`` must divide ``num_chains`` (else a ``ValueError``).
+            ``result.timing["devices"]`` says how many ran. The same key on the same number
+            of devices gives the same draws, bit for bit. On another number of devices each
+            chain is the same computation compiled for another batch size, so it can differ
+            by float rounding: chains without discrete decisions (ULA, Underdamped or
+            RandomizedMidpoint with a given ``step_size``) stay within rounding; an accept
+            step or an adaptive warmup (NUTS, MALA, OBABO, and every Langevin method's
+            default warmup, which runs MALA) can turn a rounding difference into another
+            decision, and from there into different, equally valid chains (compare those in
+            distribution). Methods that run on the model (SMC, NeuTra) split their chains
+            too; VI runs on one device.
         init_params: MCMC methods (``inference.ChainMethod``: NUTS, MALA, ULA, Underdamped,
             RandomizedMidpoint, SGLD, SGHMC) only: ``{site: value}`` starting every chain at
             these constrained values (a site's shape, or ``(num_chains, *shape)`` for one

@@ -729,8 +729,15 @@ def adapt(
       (``max(|eig(S^T (-Hess log p) S)|)``, ``S S^T = M``, power iteration). On a Gaussian the
       stationary variance is then within a relative ``tolerance`` in every direction
       (ULA: exactly ``tolerance`` along the stiffest; BAOAB: positions exact, momenta within
-      ``tolerance``). ``params`` holds ``warmup_curvature`` and ``warmup_acceptance_rate``
-      for diagnostics; :func:`adaptation.kernel_params` drops them.
+      ``tolerance``). ``params`` holds ``warmup_curvature``, ``warmup_acceptance_rate`` and
+      ``warmup_mala_step_size`` (the MALA warmup's tuned step size) for diagnostics;
+      :func:`adaptation.kernel_params` drops them.
+
+    ``params["warmup_n_grad"]`` counts every gradient evaluation of the warmup: the
+    transitions, the step-size searches, the initial state's gradient and, for unadjusted
+    kernels, the extra MALA steps, the curvature estimates (a Hessian-vector product counts
+    as two gradients, :func:`adaptation.curvature_n_grad`) and the tuned kernel's initial
+    state.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -771,7 +778,12 @@ def adapt(
     step_size = adaptation.unadjusted_step_size(curvature, tolerance, _UNADJUSTED_RULE[name])
     out = {"step_size": step_size, "inverse_mass_matrix": imm, **kernel_kwargs}
     new_state = kernel_factory(logdensity_fn, **out).init(state.position, k_init)
-    out.update(warmup_curvature=curvature, warmup_acceptance_rate=params["warmup_acceptance_rate"])
+    # Gradients: MALA's warmup, the extra MALA steps (one each), the curvature power
+    # iterations, and the new kernel's initial state.
+    n_grad = (params["warmup_n_grad"] + num_curvature_points
+              + num_curvature_points * adaptation.curvature_n_grad() + 1)
+    out.update(warmup_curvature=curvature, warmup_acceptance_rate=params["warmup_acceptance_rate"],
+               warmup_mala_step_size=params["step_size"], warmup_n_grad=n_grad)
     return new_state, out
 
 

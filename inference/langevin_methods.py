@@ -16,10 +16,29 @@ warmup with MALA for the mass matrix, then a step size from the bias rule
 amount; see :mod:`inference.adaptation`). With a ``step_size`` given, warmup steps are
 plain burn-in with that step size (and ``inverse_mass_matrix`` if given).
 
+Degenerate modes. The mode of a hierarchical model is often degenerate: the centred
+funnel's is at ``y = -40.5`` where the ``x`` have scale ``e^-20``, and the baseball
+model's concentration ``kappa`` climbs without bound. A chain warmed up there tunes a
+collapsed step size and freezes (while its acceptance rate looks fine). So a chain whose
+tuned step size (that of the MALA warmup, for unadjusted kernels) comes out below
+``0.01 d^{-1/3}`` (:mod:`inference.warmup_checks`; MALA's optimal step is ``~1.4 d^{-1/3}``)
+is warmed up again from its initial point without the climb (``tuning["warmup_restarted"]``,
+and a :class:`inference.warmup_checks.WarmupWarning`); a chain still collapsed after that
+gets a ``WarmupWarning`` naming the sites that barely move.
+
 Draws. ``thinning`` kernel steps per kept draw (stats summed or averaged over them). The
 sampler statistics use ArviZ's names: ``lp``, ``acceptance_rate`` (adjusted kernels),
 ``diverging`` and ``energy`` (OBABO), ``step_size``, and ``n_grad`` -- the gradient
-evaluations behind each kept draw, so ESS per gradient compares kernels fairly.
+evaluations behind each kept draw, so ESS per gradient compares kernels fairly. Warmup's
+gradients are in ``tuning["warmup_n_grad"]`` (per chain, named like NUTS's
+``warmup_divergences``): the L-BFGS climb (its first gradient and one per line-search step),
+every warmup transition, the step-size searches, the curvature estimates of unadjusted
+kernels (a Hessian-vector product counts as two gradients), the initial states, and a
+restarted warmup's both runs. A run's total is ``tuning["warmup_n_grad"].sum() +
+stats["n_grad"].sum()``, plus the search for initial points (one gradient per candidate
+tried, :mod:`inference.initialization`). Counts are per chain as if it ran alone; chains batched with
+``vmap`` can evaluate more (a batched conditional evaluates both branches, e.g. in
+L-BFGS's line search).
 
 Stochastic gradients. ``SGLD`` and ``SGHMC`` use the model's own subsampled plate,
 ``numpyro.plate("data", N, subsample_size=B)`` with the data indexed by the plate's indices
@@ -41,9 +60,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inference import langevin
+from inference import langevin, warmup_checks
 from inference.chains import Sampler
 from inference.method import ChainMethod
+from ppl.potential import potential as make_potential
+from ppl.potential import potential_from_trace
 
 __all__ = ["ULA", "MALA", "Underdamped", "RandomizedMidpoint", "SGLD", "SGHMC"]
 
@@ -120,6 +141,24 @@ class _LangevinMethod(ChainMethod):
         return self.factory()(logdensity_fn, step_size=step_size,
                               inverse_mass_matrix=inverse_mass_matrix, **self.kernel_kwargs())
 
+    def run(self, model: Callable, args: tuple, kwargs: dict, **options: Any) -> Any:
+        """:meth:`ChainMethod.run`, then the warmup checks: a :class:`WarmupWarning` names
+        chains whose warmup was restarted without the L-BFGS climb, and chains whose tuned
+        step size collapsed (see :mod:`inference.warmup_checks`)."""
+        out = super().run(model, args, kwargs, **options)
+        if self.step_size is None:
+            samples, _, tuning, _ = out
+            name, trace = type(self).__name__, options.get("trace")
+
+            def sites() -> dict:
+                pot = (make_potential(model, *args, **kwargs) if trace is None
+                       else potential_from_trace(model, tuple(args), dict(kwargs), trace))
+                return dict(pot.sites)
+
+            warmup_checks.warn_restarted(name, tuning, self.find_mode, stacklevel=4)
+            warmup_checks.warn_collapsed(name, tuning, samples, sites, stacklevel=4)
+        return out
+
     def sampler(self, logdensity_fn: Callable, num_warmup: int, num_samples: int) -> Sampler:
         """The chains as a :class:`inference.chains.Sampler`: warmup inside ``init``, then
         ``num_samples`` kept draws of ``thinning`` kernel steps each."""
@@ -132,31 +171,40 @@ class _LangevinMethod(ChainMethod):
         return _sampler(self, logdensity_fn, num_warmup, num_samples)
 
 
-def _towards_mode(logdensity_fn: Callable, position: Any, num_steps: int) -> Any:
+def _towards_mode(logdensity_fn: Callable, position: Any, num_steps: int) -> tuple[Any, jax.Array]:
     """``num_steps`` of L-BFGS ascent on the log density from ``position`` (a warmup start).
 
     A chain started in the far tails sees gradients of size ~1e8 (e.g. a regression with a
     tiny initial noise scale), so a one-gradient-per-step kernel must begin with a tiny
     step size, barely moves, and the first mass-matrix window estimates a near-zero
-    variance from which warmup never recovers. NUTS escapes by doubling its trajectory;
-    these kernels start their warmup near a mode instead. The ascent is kept only where it
-    improved the log density and stayed finite.
+    variance from which warmup never recovers; and a chain started near a minor local mode
+    (a mixture) stays there. NUTS escapes by doubling its trajectory; these kernels start
+    their warmup near a mode instead. The ascent is kept only where it improved the log
+    density and stayed finite. A mode can also be degenerate (a hierarchical model's);
+    ``_sampler`` then warms up again without the climb.
+
+    Returns the new position and the gradient evaluations made: one at the start, then one
+    per step of each iteration's zoom line search (each iteration starts from the value and
+    gradient its line search accepted, so none is evaluated twice).
     """
     flat, unravel = jax.flatten_util.ravel_pytree(position)
     f = lambda x: -logdensity_fn(unravel(x))  # noqa: E731
     opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(f)
 
     def step(carry, _):
-        x, state = carry
-        value, grad = value_and_grad(x, state=state)
+        x, state, value, grad, n = carry
         updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=f)
-        return (optax.apply_updates(x, updates), state), None
+        searched = optax.tree_utils.tree_get(state, "num_linesearch_steps")
+        value = optax.tree_utils.tree_get(state, "value")  # at the accepted step
+        grad = optax.tree_utils.tree_get(state, "grad")
+        n = n + jnp.asarray(searched, jnp.int32)
+        return (optax.apply_updates(x, updates), state, value, grad, n), None
 
-    (x, _), _ = jax.lax.scan(step, (flat, opt.init(flat)), None, length=num_steps)
-    f0, f1 = f(flat), f(x)
+    f0, g0 = jax.value_and_grad(f)(flat)
+    carry = (flat, opt.init(flat), f0, g0, jnp.ones((), jnp.int32))
+    (x, _, f1, _, n), _ = jax.lax.scan(step, carry, None, length=num_steps)
     ok = jnp.isfinite(f1) & (f1 <= f0) & jnp.all(jnp.isfinite(x))
-    return unravel(jnp.where(ok, x, flat))
+    return unravel(jnp.where(ok, x, flat)), n
 
 
 def _sampler(method, logdensity_fn, W, S) -> Sampler:
@@ -169,29 +217,40 @@ def _sampler(method, logdensity_fn, W, S) -> Sampler:
     else:
         exact = kernel_logdensity = logdensity_fn
 
-    def warm(key, position):
+    def warm(key, position, climb):
+        """One chain's warmup: ``(state, step_size, imm, diagnostics)``; ``diagnostics``
+        holds ``warmup_n_grad`` (every gradient it evaluated) and, for an unadjusted kernel,
+        ``warmup_step_size``: the step size of the MALA warmup that tuned it."""
         k_tune, k_init = jax.random.split(key)
         if method.step_size is not None:  # burn-in with the given tuning
             step_size = jnp.asarray(method.step_size, jnp.result_type(float))
             imm = method.inverse_mass_matrix
             alg = method.kernel(kernel_logdensity, step_size, imm)
 
-            def burn(state, k):
-                return alg.step(k, state)[0], None
+            def burn(carry, k):
+                state, n = carry
+                state, info = alg.step(k, state)
+                return (state, n + jnp.asarray(info.n_grad, jnp.int32)), None
 
-            state = alg.init(position, k_init)
-            state, _ = jax.lax.scan(burn, state, jax.random.split(k_tune, W))
-            return state, step_size, imm, {}
-        if method.find_mode:
-            position = _towards_mode(exact, position, method.find_mode)
+            state = alg.init(position, k_init)  # one gradient
+            (state, n), _ = jax.lax.scan(burn, (state, jnp.ones((), jnp.int32)),
+                                         jax.random.split(k_tune, W))
+            return state, step_size, imm, {"warmup_n_grad": n}
+        n = jnp.zeros((), jnp.int32)
+        if climb:
+            position, n = _towards_mode(exact, position, method.find_mode)
         state, params = langevin.adapt(
             method.tuned_as(), exact, position, k_tune, W, dense_mass=method.dense_mass,
             **method.tune_kwargs(), **method.tune_kernel_kwargs())
         step_size = method.limit_step_size(params["step_size"])
         imm = params["inverse_mass_matrix"]
         diagnostics = {k: v for k, v in params.items() if k.startswith("warmup_")}
-        # Restart the tuned kernel where warmup ended (drawing a momentum if it has one).
+        if "warmup_mala_step_size" in diagnostics:  # unadjusted: the MALA warmup's step size
+            diagnostics["warmup_step_size"] = diagnostics.pop("warmup_mala_step_size")
+        # Restart the tuned kernel where warmup ended (drawing a momentum if it has one):
+        # one more gradient.
         state = method.kernel(kernel_logdensity, step_size, imm).init(state.position, k_init)
+        diagnostics["warmup_n_grad"] = n + params["warmup_n_grad"] + 1
         return state, step_size, imm, diagnostics
 
     def one_step(key, state, step_size, imm):
@@ -221,7 +280,29 @@ def _sampler(method, logdensity_fn, W, S) -> Sampler:
 
     def init(key, positions):
         num_chains = jax.tree.leaves(positions)[0].shape[0]
-        return jax.vmap(warm)(jax.random.split(key, num_chains), positions)
+        keys = jax.random.split(key, num_chains)
+        climb = method.step_size is None and method.find_mode > 0
+        out = jax.vmap(lambda k, x: warm(k, x, climb))(keys, positions)
+        if not climb:
+            return out
+        # A chain whose climb ended in a degenerate mode (a funnel's neck, a concentration
+        # going to infinity) tunes a collapsed step size and freezes there: warm it up again
+        # from its initial point without the climb. The second warmup runs only when some
+        # chain needs it (the predicate is one scalar), and replaces only those chains.
+        dim = jax.flatten_util.ravel_pytree(jax.tree.map(lambda x: x[0], positions))[0].size
+        bad = warmup_checks.collapsed_chains(out[3].get("warmup_step_size", out[1]), dim)
+
+        def again(out):
+            new = jax.vmap(lambda k, x: warm(k, x, False))(keys, positions)
+            # Both warmups are this chain's cost.
+            new[3]["warmup_n_grad"] = new[3]["warmup_n_grad"] + out[3]["warmup_n_grad"]
+            pick = lambda a, b: jnp.where(  # noqa: E731
+                bad.reshape((-1,) + (1,) * (jnp.ndim(a) - 1)), a, b)
+            return jax.tree.map(pick, new, out)
+
+        out = jax.lax.cond(jnp.any(bad), again, lambda o: o, out)
+        out[3]["warmup_restarted"] = bad
+        return out
 
     def step(carry, t, key):
         state, step_size, imm, diag = carry
