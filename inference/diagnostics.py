@@ -49,13 +49,31 @@ class DiagnosticWarning(UserWarning):
     """A problem found in a run's draws (R-hat, ESS, divergences, tree depth, E-BFMI)."""
 
 
+def _ranks(rows: np.ndarray) -> np.ndarray:
+    """Ranks (1..m, ties averaged, as ``scipy.stats.rankdata``) within each row (k, m)."""
+    k, m = rows.shape
+    order = np.argsort(rows, axis=1)
+    ordered = np.take_along_axis(rows, order, axis=1)
+    # Repeated draws (rejections, float32 rounding) share the mean of their positions.
+    new = np.ones((k, m), bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    last = np.ones((k, m), bool)
+    last[:, :-1] = new[:, 1:]
+    index = np.broadcast_to(np.arange(m), (k, m))
+    first_of_group = np.maximum.accumulate(np.where(new, index, 0), axis=1)
+    last_of_group = np.minimum.accumulate(np.where(last, index, m - 1)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty((k, m))
+    np.put_along_axis(ranks, order, (first_of_group + last_of_group) / 2 + 1, axis=1)
+    return ranks
+
+
 def _rank_normal(x: np.ndarray) -> np.ndarray:
     """Draws (chains, draws, k) replaced by normal scores of their pooled ranks."""
-    from scipy import stats as scipy_stats  # on first use: it costs ~0.3 s to import
+    from scipy.special import ndtri  # on first use: scipy costs ~0.3 s to import
 
     c, n, k = x.shape
-    ranks = scipy_stats.rankdata(x.reshape(c * n, k), axis=0).reshape(c, n, k)
-    return scipy_stats.norm.ppf((ranks - 0.375) / (c * n + 0.25))
+    ranks = _ranks(np.ascontiguousarray(x.reshape(c * n, k).T)).T.reshape(c, n, k)
+    return ndtri((ranks - 0.375) / (c * n + 0.25))
 
 
 def _split(x: np.ndarray) -> np.ndarray:
@@ -66,17 +84,22 @@ def _split(x: np.ndarray) -> np.ndarray:
 
 def rank_normalized_rhat(x: np.ndarray) -> np.ndarray:
     """R-hat of draws ``x`` (chains, draws, k) per component (Vehtari et al. 2021)."""
-    folded = np.abs(x - np.median(x, axis=(0, 1)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        bulk = split_gelman_rubin(_rank_normal(x))
-        tail = split_gelman_rubin(_rank_normal(folded))
-    return np.fmax(bulk, tail)
+    return _rhat_and_ess(x)[0]
 
 
 def bulk_ess(x: np.ndarray) -> np.ndarray:
     """Bulk effective sample size of draws ``x`` (chains, draws, k) per component."""
+    return _rhat_and_ess(x)[1]
+
+
+def _rhat_and_ess(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Ranks are pooled over all draws, so the split chains' normal scores are the split
+    # normal scores: one ranking serves R-hat and ESS.
+    z = _rank_normal(x)
+    folded = _rank_normal(np.abs(x - np.median(x, axis=(0, 1))))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return effective_sample_size(_rank_normal(_split(x)))
+        rhat = np.fmax(split_gelman_rubin(z), split_gelman_rubin(folded))
+        return rhat, effective_sample_size(_split(z))
 
 
 def ebfmi(energy: np.ndarray) -> np.ndarray:
@@ -125,7 +148,7 @@ def check_draws(samples: dict[str, Any], stats: dict[str, Any], num_chains: int,
     if markov_chains and num_draws >= 4:
         high, low = [], []
         for name, x, index, shape in _components(samples):
-            rhat, ess = rank_normalized_rhat(x), bulk_ess(x)
+            rhat, ess = _rhat_and_ess(x)
             for j, (r, e) in enumerate(zip(np.atleast_1d(rhat), np.atleast_1d(ess))):
                 label = _label(name, int(index[j]), shape)
                 if not r <= RHAT_MAX:
