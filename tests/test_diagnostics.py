@@ -28,7 +28,8 @@ def test_rhat_and_bulk_ess_agree_with_arviz():
 
     rng = np.random.default_rng(0)
     for x in (rng.normal(size=(4, 300, 2)), _ar1(rng, 4, 300, 2, 0.8),
-              _ar1(rng, 4, 300, 2, 0.8) + np.arange(4)[:, None, None] * 0.3):
+              _ar1(rng, 4, 300, 2, 0.8) + np.arange(4)[:, None, None] * 0.3,
+              np.round(rng.normal(size=(4, 300, 2)), 1)):  # ties: repeated draws
         data = az.convert_to_dataset({"x": x})
         # Same definition (rank-normalized split R-hat, max with the folded one): equal up
         # to rounding.
