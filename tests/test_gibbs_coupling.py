@@ -187,6 +187,17 @@ def test_coupling_check_finds_links_whatever_the_term_shape(what):
     assert list(coupling) == ([] if what in LOCAL else ["f"]), coupling
 
 
+def test_the_coupling_check_under_jit_asks_for_concrete_arguments():
+    """The check evaluates the model on the data: with traced data it cannot, and says so
+    (inference.Gibbs runs it on the real data before compiling)."""
+    @jax.jit
+    def build(y):
+        return gibbs(interacting, {"z": Enumerate()}, y).init({"z": jnp.zeros(3, jnp.int32)})
+
+    with pytest.raises(ModelError, match=r"site 'z'.*needs concrete arguments.*outside jax.jit"):
+        build(jnp.asarray(2.0))
+
+
 def test_a_term_without_the_plate_axes_couples_by_its_shape():
     coupling = _Enumerator(_Model(interacting, (2.0,), {}), "z").coupling
     assert list(coupling) == ["y"] and "lacks the batch axes" in coupling["y"]
