@@ -15,7 +15,6 @@ from inference.flows import FlowSpec
 from inference.arguments import as_key, check_int, check_number  # infer's rules; no default key here
 
 
-
 #: Observation models: ``"gaussian"`` (``N(g(z), noise_sd^2 I)``) and ``"bernoulli"``
 #: (logits ``g(z)``, data in ``[0, 1]``).
 LIKELIHOODS: tuple[str, ...] = ("gaussian", "bernoulli")
