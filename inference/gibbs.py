@@ -15,7 +15,8 @@ Block values:
   over a plate when its elements are conditionally independent, jointly over all ``K^n``
   configurations when some term couples them (``jnp.roll``, a ``scan`` Markov chain, a
   matrix product; detected when the kernel is built) and ``K^n <= max_joint``, otherwise
-  an error naming the coupling terms. See :mod:`inference.gibbs_discrete`.
+  (with ``sequential=True``) one element at a time given the others, otherwise an error
+  naming the coupling terms. See :mod:`inference.gibbs_discrete`.
 * ``DiscreteMH(step_size=1, num_elements=1, num_steps=None)`` -- discrete sites, any
   support (e.g. Poisson): Metropolis steps that each move ``num_elements`` random elements
   (to a uniformly drawn other value for a finite support, by a random walk of up to

@@ -25,8 +25,11 @@ conditional.
 
 A coupled site is enumerated *jointly*: the model is evaluated at all ``K^n``
 configurations of its ``n`` elements and one is drawn from their exact conditional, as long
-as ``K^n <= Enumerate.max_joint``; beyond that the kernel refuses to build, naming the
-coupling terms (use :class:`DiscreteMH`, split the site, or marginalise it).
+as ``K^n <= Enumerate.max_joint``. Beyond that, with ``Enumerate(sequential=True)``, each
+element in turn is drawn from its exact conditional given all the others (single-site
+Gibbs: ``n K`` model evaluations per sweep, valid for any coupling, but slower to mix when
+the coupling is strong); otherwise the kernel refuses to build, naming the coupling terms
+(use ``sequential=True`` or :class:`DiscreteMH`, split the site, or marginalise it).
 
 **Discrete Metropolis.** :class:`DiscreteMH` proposes to move ``num_elements`` elements
 drawn uniformly without replacement (each to a uniformly drawn other support value, or by
@@ -62,8 +65,9 @@ class Enumerate:
 
     A site with batch shape is enumerated element-wise (``K`` model evaluations) when its
     elements are conditionally independent, and jointly (``K^n`` evaluations) when some
-    term couples them and ``K^n <= max_joint``; otherwise building the kernel is an error
-    that names the coupling terms (see :mod:`inference.gibbs_discrete`).
+    term couples them and ``K^n <= max_joint``; beyond that, with ``sequential=True``, one
+    element at a time given the others (``n K`` evaluations), and otherwise building the
+    kernel is an error that names the coupling terms (see :mod:`inference.gibbs_discrete`).
 
     Example:
         >>> Enumerate(max_joint=64).max_joint
@@ -71,11 +75,14 @@ class Enumerate:
     """
 
     max_joint: int = 1024
+    sequential: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.max_joint, int) and self.max_joint >= 1):
             raise ValueError(f"Enumerate(max_joint={self.max_joint!r}): must be a positive int "
                              "(the most configurations a joint enumeration may evaluate).")
+        if not isinstance(self.sequential, bool):
+            raise TypeError(f"Enumerate(sequential={self.sequential!r}): must be True or False.")
 
 
 @dataclass(frozen=True)
@@ -189,9 +196,9 @@ class _Enumerator:
         self.n = int(math.prod(self.batch))
         self._find_relevant()
         self.coupling = self._find_coupling() if coupling is None else dict(coupling)
-        self.joint = bool(self.coupling)
+        self.joint = bool(self.coupling) and self._joint_fits()
+        self.sequential = bool(self.coupling) and not self.joint
         if self.joint:
-            self._check_joint_size()
             idx = np.array(list(itertools.product(range(self.k), repeat=self.n)), np.int32)
             self.configs = self.support[jnp.asarray(idx.reshape((-1,) + self.batch))]
 
@@ -262,10 +269,14 @@ class _Enumerator:
                           "change (e.g. jnp.roll, scan, a matrix product)")
         return out
 
-    def _check_joint_size(self) -> None:
+    def _joint_fits(self) -> bool:
+        """Is a joint enumeration within ``max_joint``? If not, may it go element by element
+        (``sequential=True``)? Otherwise an error naming the coupling terms."""
         size = self.k ** self.n
         if size <= self.spec.max_joint:
-            return
+            return True
+        if self.spec.sequential:
+            return False
         reasons = "; ".join(f"'{t}': {r}" for t, r in self.coupling.items())
         raise ModelError(
             f"Enumerate() on site '{self.name}' of model {self.m.name}: site(s) "
@@ -273,20 +284,18 @@ class _Enumerator:
             f"({reasons}), so its {self.n} elements (batch shape {self.batch}) are not "
             "conditionally independent and cannot be enumerated element-wise; a joint "
             f"enumeration needs {self.k}^{self.n} = {size} configurations, over "
-            f"Enumerate(max_joint={self.spec.max_joint}). Use DiscreteMH() for "
-            f"'{self.name}', give each element its own site (each Enumerate()d exactly), "
-            "marginalise it, or raise max_joint."
+            f"Enumerate(max_joint={self.spec.max_joint}). Use "
+            "Enumerate(sequential=True) (each element drawn exactly given the others, "
+            f"{self.n} x {self.k} model evaluations per sweep) or DiscreteMH() for "
+            f"'{self.name}', give each element its own site, marginalise it, or raise "
+            "max_joint."
         )
 
     def logits(self, values: dict) -> jax.Array:
         """Element-wise: ``(K, *batch)``, each element's conditional log probability per
         support value. Joint: ``(K^n,)``, one per configuration (``self.configs``)."""
         if self.joint:
-            def total(z):
-                terms = self._terms(values, z)
-                return sum((jnp.sum(terms[t]) for t in self.relevant),
-                           jnp.zeros((), jnp.result_type(float)))
-            return jax.vmap(total)(self.configs)
+            return jax.vmap(lambda z: self._total(values, z))(self.configs)
 
         def one(value):
             z = jnp.broadcast_to(value, self.site.shape)
@@ -298,7 +307,28 @@ class _Enumerator:
 
         return jax.vmap(one)(self.support)
 
+    def _total(self, values: dict, z: jax.Array) -> jax.Array:
+        terms = self._terms(values, z)
+        return sum((jnp.sum(terms[t]) for t in self.relevant), jnp.zeros((), jnp.result_type(float)))
+
+    def _draw_sequential(self, key: jax.Array, values: dict) -> jax.Array:
+        """Each element in turn from its exact conditional given the others."""
+        event = self.site.event_shape
+        shape = self.site.shape
+
+        def body(i, z):
+            flat = z.reshape((self.n,) + event)
+            cands = jax.vmap(lambda v: flat.at[i].set(v).reshape(shape))(self.support)
+            logits = jax.vmap(lambda c: self._total(values, c))(cands)
+            logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
+            return cands[jax.random.categorical(jax.random.fold_in(key, i), logits)]
+
+        z0 = jnp.asarray(values[self.name]).astype(self.support.dtype)
+        return jax.lax.fori_loop(0, self.n, body, z0)
+
     def draw(self, key: jax.Array, values: dict) -> jax.Array:
+        if self.sequential:
+            return self._draw_sequential(key, values)
         logits = self.logits(values)
         logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
         idx = jax.random.categorical(key, logits, axis=0)

@@ -142,9 +142,19 @@ def test_scan_markov_chain_is_enumerated_jointly_and_exactly(dtype):
     binomial_close(x.mean(0), hmm_exact(), len(x), "P(x_t = 1)")
 
 
+def test_scan_markov_chain_over_the_bound_goes_one_element_at_a_time_when_asked():
+    """Enumerate(sequential=True): 2^4 = 16 configurations exceed max_joint=8, so each x_t is
+    drawn from its exact conditional given the others (single-site Gibbs: autocorrelated
+    draws, MCSE from 32 independent chains)."""
+    method = Gibbs({"x": Enumerate(max_joint=8, sequential=True)})
+    r = inference.infer(hmm, jnp.asarray(Y_HMM), method=method, num_samples=500,
+                        num_warmup=20, num_chains=32, key=5, progress=False)
+    chains_close(np.asarray(r.samples["x"]), hmm_exact(), "P(x_t = 1)")
+
+
 def test_coupled_sites_over_the_bound_are_refused_naming_the_term():
     with pytest.raises(ModelError, match=r"site\(s\) \['x'\] depend on 'x' jointly.*2\^4 = 16.*"
-                                         r"max_joint=8.*DiscreteMH"):
+                                         r"max_joint=8.*sequential=True.*DiscreteMH"):
         gibbs(hmm, {"x": Enumerate(max_joint=8)}, jnp.asarray(Y_HMM))
     with pytest.raises(ModelError, match=r"\['agree'\].*jnp.roll"):
         gibbs(coupled, {"z": Enumerate(max_joint=3)})
