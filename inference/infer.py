@@ -7,10 +7,12 @@ from typing import Any, Callable
 import jax
 
 from inference.arguments import as_arrays, as_key, positive_int
+from inference.discrete_draws import draw_discrete
 from inference.diagnostics import warn_all
 from inference.method import ChainMethod, Method, all_methods
 from inference.nuts import NUTS
 from inference.result import Result
+from ppl.enumeration import enumeration_of, unmarked_discrete_sites, unmarked_error
 from ppl.errors import ModelError
 from ppl.subsample import subsampled_plates, with_subsample_size
 from ppl.tracing import (discrete_latent_sites, free_param_sites, latent_sites, model_name,
@@ -33,6 +35,38 @@ def _check_method(method: Any) -> Method:
         f"method must be a method object such as {names} (an inference.method.Method); "
         f"got {method!r} ({type(method).__name__})."
     )
+
+
+#: Folded into the run's key for the draws of enumerated discrete sites.
+_DISCRETE_DRAWS = 0xD15C
+
+
+def _enumeration(model: Callable, args: tuple, kwargs: dict, trace: dict, method: Method):
+    """How a gradient method sums the model's discrete sites out (``None``: it has none
+    marked), or a :class:`ModelError`: finite sites left unmarked (with the annotation or the
+    one-line wrapper to add), or a model with no continuous site left to sample."""
+    unmarked = unmarked_discrete_sites(trace)
+    if unmarked:
+        raise unmarked_error(model, trace, unmarked, type(method).__name__)
+    enumeration = enumeration_of(model, tuple(args), dict(kwargs), trace)
+    if enumeration is None:
+        return None
+    if not getattr(method, "sums_out_enumerated", isinstance(method, ChainMethod)):
+        capable = [m.__name__ for m in all_methods()
+                   if getattr(m, "sums_out_enumerated", issubclass(m, ChainMethod))]
+        raise ModelError(
+            f"model {model_name(model)} has enumerated discrete site(s) "
+            f"{list(enumeration.sites)}, which {type(method).__name__} does not sum out yet "
+            "(its density does not go through ppl.potential). Use a method that does: "
+            + ", ".join(f"inference.{c}()" for c in capable)
+            + "; or sample the sites with inference.Gibbs.")
+    if not any(n not in enumeration.sites for n in latent_sites(trace)):
+        raise ModelError(
+            f"model {model_name(model)}: every latent site ({list(enumeration.sites)}) is "
+            f"enumerated, so {type(method).__name__} has no continuous site to move; its "
+            "posterior is exact by enumeration. Use inference.Gibbs to sample the discrete "
+            "sites, or numpyro.contrib.funsor.infer_discrete to draw them directly.")
+    return enumeration
 
 
 def infer(
@@ -96,7 +130,7 @@ def infer(
             (``progress=False`` does not).
 
     Ctrl-C (``KeyboardInterrupt``) during the draws of an MCMC method stops at the end of the
-    chunk in flight (chunks are sized to take about a second) and *returns* a Result with the draws
+    chunk in flight (at most a twentieth of the run) and *returns* a Result with the draws
     made so far, with a warning saying how many; ``result.extend(n)`` continues those chains.
     Interrupted during warmup, or by a method that is not MCMC, the ``KeyboardInterrupt``
     propagates.
@@ -145,6 +179,10 @@ def infer(
             "sites without obs=."
         )
     discrete = discrete_latent_sites(trace)
+    enumeration = None
+    if discrete and not getattr(method, "handles_discrete", False):
+        enumeration = _enumeration(model, args, kwargs, trace, method)
+        discrete = [n for n in discrete if enumeration is None or n not in enumeration.sites]
     if discrete and not getattr(method, "handles_discrete", False):
         details = ", ".join(f"'{n}' ({type(trace[n]['fn']).__name__})" for n in discrete)
         capable = [m.__name__ for m in all_methods() if m.handles_discrete]
@@ -172,6 +210,11 @@ def infer(
         )
 
     plates = subsampled_plates(trace)
+    if plates and enumeration is not None:
+        raise ModelError(
+            f"model {model_name(model)} subsamples plate(s) {sorted(plates)} and enumerates "
+            f"discrete site(s) {list(enumeration.sites)}; summing discrete sites out of a "
+            "minibatch is not supported. Drop subsample_size from the plate.")
     stochastic = method.stochastic_gradients
     if stochastic and getattr(method, "batch_size", None) is not None:
         sizes = {name: method.batch_size for name in plates} or {"data": method.batch_size}
@@ -201,6 +244,13 @@ def infer(
         trace=trace if model is traced_model else None, **given,
     )
     samples, stats, tuning, timing = outputs
+    if enumeration is not None:
+        # Each enumerated site drawn from its exact conditional given each continuous draw.
+        continuous = [n for n in latent_sites(trace) if n not in enumeration.sites]
+        draws, seconds = draw_discrete(model, tuple(args), dict(kwargs), samples, enumeration,
+                                       continuous, jax.random.fold_in(key, _DISCRETE_DRAWS))
+        samples = {**samples, **draws}
+        timing = {**timing, "discrete_draws": seconds}
     observed = {
         name: site["value"]
         for name, site in trace.items()

@@ -16,6 +16,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import util as numpyro_util
 
 from ppl.density import site_log_densities
+from ppl.enumeration import Enumeration, enumeration_of, unmarked_discrete_sites, unmarked_error
 from ppl.errors import ModelError
 from ppl.tracing import discrete_latent_sites, latent_sites, model_name, trace_model
 
@@ -30,6 +31,9 @@ class Potential:
         model, args, kwargs: the model and the arguments it is conditioned on.
         sites: latent site name -> unconstrained shape, in model order.
         transforms: latent site name -> NumPyro bijection from unconstrained to constrained.
+        enumeration: for a model with discrete sites marked ``infer={"enumerate":
+            "parallel"}``, how they are summed out of the density (they are not in
+            ``sites``: positions hold the continuous sites only); else ``None``.
 
     Positions are dicts ``{site name: unconstrained array}`` (pytrees, as BlackJAX
     expects); :meth:`ravel` / :meth:`unravel` convert to and from one flat vector.
@@ -53,11 +57,14 @@ class Potential:
     sites: dict[str, tuple[int, ...]]
     transforms: dict[str, Any] = field(repr=False)
     _prototype: Position = field(repr=False)
+    enumeration: Enumeration | None = None
 
     # -- densities -------------------------------------------------------------------
     def logdensity_fn(self, position: Position) -> jax.Array:
         """Log joint density at an unconstrained position, including log-Jacobian terms."""
         self.check_position(position)
+        if self.enumeration is not None:
+            return self.enumeration.log_density(self.model, self.args, self.kwargs, position)
         return -numpyro_util.potential_energy(
             self.model, self.args, self.kwargs, position, enum=False
         )
@@ -72,6 +79,9 @@ class Potential:
         :meth:`logdensity_fn`.
         """
         self.check_position(position)
+        if self.enumeration is not None:
+            return self.enumeration.log_density(handlers.seed(self.model, key), self.args,
+                                                self.kwargs, position)
         return -numpyro_util.potential_energy(
             handlers.seed(self.model, key), self.args, self.kwargs, position, enum=False
         )
@@ -106,7 +116,9 @@ class Potential:
         """Constrained values of all latent and deterministic sites at ``position``.
 
         A subsampled plate runs on one fixed minibatch here (its indices drawn from a fixed
-        key), so deterministic sites inside it are computed on that minibatch.
+        key), so deterministic sites inside it are computed on that minibatch. Enumerated
+        discrete sites are left out (deterministic sites that read them see a prior draw:
+        ``inference.infer`` redraws both from their exact conditionals after sampling).
         """
         return numpyro_util.constrain_fn(
             handlers.seed(self.model, 0), self.args, self.kwargs, position,
@@ -171,8 +183,11 @@ class Potential:
 def potential(model: Callable, *args: Any, **kwargs: Any) -> Potential:
     """The log density of ``model(*args, **kwargs)`` over its unconstrained latent space.
 
-    Every latent site must be continuous; a discrete latent site is a :class:`ModelError`
-    naming it (samplers that need gradients cannot move it).
+    Discrete latent sites marked ``infer={"enumerate": "parallel"}`` (or a model wrapped in
+    ``numpyro.contrib.funsor.config_enumerate``) are summed out exactly with NumPyro's enumeration
+    (parallel over plates, the forward algorithm through ``numpyro.contrib.control_flow.scan``);
+    any other discrete latent site is a :class:`ModelError` naming it (samplers that need
+    gradients cannot move it).
 
     Example:
         >>> import jax, numpyro.distributions as dist, ppl
@@ -198,16 +213,24 @@ def potential_from_trace(model: Callable, args: tuple, kwargs: dict, trace: dict
         >>> potential_from_trace(model, (), {}, trace_model(model)).sites
         {'x': ()}
     """
-    discrete = discrete_latent_sites(trace)
+    unmarked = unmarked_discrete_sites(trace)
+    if unmarked:
+        raise unmarked_error(model, trace, unmarked, "an unconstrained potential")
+    enumeration = enumeration_of(model, tuple(args), dict(kwargs), trace)
+    enumerated = enumeration.sites if enumeration is not None else ()
+    discrete = [n for n in discrete_latent_sites(trace) if n not in enumerated]
     if discrete:
         raise ModelError(
-            f"model {model_name(model)} has discrete latent site(s) {discrete}; an "
-            "unconstrained potential needs every latent site to be continuous. "
-            "Marginalise the site out in the model or use a method that handles discrete sites."
+            f"model {model_name(model)} has discrete latent site(s) {discrete} with an "
+            "unbounded support; an unconstrained potential needs every latent site to be "
+            "continuous or enumerable. Marginalise the site out in the model or use a method "
+            "that handles discrete sites."
         )
     transforms, prototype, shapes = {}, {}, {}
     for name, site in latent_sites(trace).items():
+        if name in enumerated:
+            continue
         t = biject_to(site["fn"].support)
         u = jnp.asarray(t.inv(site["value"]), dtype=jnp.result_type(float))
         transforms[name], prototype[name], shapes[name] = t, u, tuple(u.shape)
-    return Potential(model, tuple(args), dict(kwargs), shapes, transforms, prototype)
+    return Potential(model, tuple(args), dict(kwargs), shapes, transforms, prototype, enumeration)
