@@ -123,7 +123,8 @@ def infer(
             exists, the run resumes from it: after a crash, the same call again finishes
             the run with the same draws as an uninterrupted one (a finished run's file gives
             its draws back at once). It must come from the same
-            call (method, counts, key, data), else a ``ValueError`` says what differs.
+            call (method, counts, key, data; the model's code is not compared), else a
+            ``ValueError`` says what differs.
         diagnostics: warn (one line each, :class:`inference.diagnostics.DiagnosticWarning`)
             about what ``result.diagnose()`` finds: R-hat > 1.01, bulk ESS < 100 per chain,
             divergences, maximum tree depth hits, E-BFMI < 0.3. ``False`` silences them
