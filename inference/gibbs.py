@@ -71,14 +71,12 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from blackjax.adaptation.step_size import dual_averaging_adaptation
 from blackjax.base import SamplingAlgorithm
 
 from inference import progress as progress_lib
@@ -86,7 +84,8 @@ from inference.arguments import CONCRETE_ERRORS, split_arguments, static_part
 from inference.compilation import compiling
 from inference.gibbs_model import _Model
 from inference.gibbs_discrete import DiscreteMH, Enumerate, _DiscreteMH, _Enumerator
-from inference.kernels import CombinedInfo, CountedInfo, _acceptance, info_n_grad
+from inference.gibbs_tuning import DualAveraging, has_accept, initial_step_size
+from inference.kernels import _acceptance, info_n_grad
 from inference.sharding import constrain_leading, describe, gather, mesh_for
 from inference.method import Method
 from ppl.errors import ModelError
@@ -133,25 +132,6 @@ class _Block(NamedTuple):
     spec: Any
     updaters: tuple      # _Enumerator / _DiscreteMH per site (discrete blocks)
     step_size: float | None = None  # continuous blocks whose step size can be tuned: the initial one
-
-
-def _initial_step_size(spec: Callable) -> float | None:
-    """A factory's ``step_size`` keyword default (0.1 if it has none), or None if the factory
-    takes no ``step_size`` keyword (its step size cannot be tuned)."""
-    try:
-        params = inspect.signature(spec).parameters
-    except (TypeError, ValueError):
-        return None
-    p = params.get("step_size")
-    if p is None or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-        return None
-    if p.default is p.empty:
-        return 0.1
-    try:
-        h = float(p.default)
-    except (TypeError, ValueError):
-        return None
-    return h if h > 0.0 else None
 
 
 def _block_names(key: Any) -> tuple:
@@ -212,7 +192,7 @@ def _make_blocks(m: _Model, blocks: dict, coupling: dict | None = None) -> list[
                     f"{discrete} of model {m.name}; use Enumerate() (finite support) or "
                     "DiscreteMH() for them, in a block of their own."
                 )
-            out.append(_Block(names, "continuous", spec, (), _initial_step_size(spec)))
+            out.append(_Block(names, "continuous", spec, (), initial_step_size(spec)))
     unassigned = [n for n in m.sites if n not in seen]
     if unassigned:
         raise ValueError(
@@ -390,22 +370,6 @@ def constrain(model: Callable, position: dict, *args: Any, **kwargs: Any) -> dic
 # ----------------------------------------------------------------------------------------
 # The infer method
 # ----------------------------------------------------------------------------------------
-def _has_accept(info: Any) -> bool:
-    """Does a kernel's info report a real acceptance rate? (A combination from
-    :mod:`inference.kernels` reports 1.0 when none of its members has an accept step.)"""
-    if isinstance(info, CountedInfo):
-        return _has_accept(info.info)
-    if isinstance(info, CombinedInfo):
-        return any(_has_accept(i) for i in info.infos)
-    return getattr(info, "acceptance_rate", None) is not None
-
-
-def _cast(tree: Any, fdt: Any) -> Any:
-    """Dual-averaging state with fixed dtypes (a scan carry): floats ``fdt``, ints int32."""
-    return jax.tree.map(lambda x: jnp.asarray(x).astype(
-        fdt if jnp.issubdtype(jnp.result_type(x), jnp.floating) else jnp.int32), tree)
-
-
 @dataclass(frozen=True)
 class Gibbs(Method):
     """Within-Gibbs sampling as an ``inference.infer`` method: a kernel per block of sites.
@@ -527,7 +491,7 @@ class Gibbs(Method):
         steps = tuple(b.step_size if i in candidates else None
                       for i, b in enumerate(sampler.blocks))
         _, info = jax.eval_shape(lambda k, s: sampler.step(k, s, steps), jax.random.key(0), one)
-        return {i for i in candidates if _has_accept(info.infos[i])}
+        return {i for i in candidates if has_accept(info.infos[i])}
 
     def _program(self, model, data, split, W, S, C, mesh, progress, coupling):
         """The compiled run of every chain, with the data as an argument (see run);
@@ -567,32 +531,16 @@ class Gibbs(Method):
             if with_rate:
                 stats["acceptance_rate"] = jnp.zeros((S, C), fdt)
             tuned = self._tuned(sampler, state, W)
-            da_init, da_update, da_final = dual_averaging_adaptation(self.target_accept_prob)
+            tuner = DualAveraging(self.target_accept_prob, W, fdt)
             steps = tuple(None if i not in tuned else jnp.full((C,), b.step_size, fdt)
                           for i, b in enumerate(sampler.blocks))
-            da = tuple(None if h is None else _cast(jax.vmap(da_init)(h), fdt) for h in steps)
-
-            def adapt(t, da, steps, info):
-                """Dual averaging of the tuned blocks' step sizes during warmup."""
-                warm = t < W
-                new_da, new_steps = [], []
-                for i, (d, h) in enumerate(zip(da, steps)):
-                    if h is None:
-                        new_da.append(None), new_steps.append(None)
-                        continue
-                    acc = jnp.nan_to_num(_acceptance(info.infos[i])).astype(fdt)
-                    up = jax.tree.map(lambda u, o: jnp.where(warm, u.astype(o.dtype), o),
-                                      jax.vmap(da_update)(d, acc), d)
-                    h = jnp.where(t == W - 1, jax.vmap(da_final)(up),
-                                  jnp.where(warm, jnp.exp(up.log_step_size), h)).astype(fdt)
-                    new_da.append(up), new_steps.append(h)
-                return tuple(new_da), tuple(new_steps)
+            da = tuner.init(steps)
 
             def body(carry, xs):
                 state, draws, stats, da, steps = carry
                 t, keys = xs
                 state, info = jax.vmap(sampler.step)(keys, state, steps)
-                da, steps = adapt(t, da, steps, info)
+                da, steps = tuner.update(t, da, steps, info.infos)
                 slot = jnp.maximum(t - W, 0)
                 put = lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, slot, 0)  # noqa: E731
                 new = {"lp": state.logdensity, "n_grad": info.n_grad}

@@ -275,7 +275,7 @@ def test_only_factories_with_a_step_size_and_an_accept_step_are_tuned():
     """Dual averaging needs an acceptance rate: a combination of unadjusted kernels reports
     1.0 (every move taken), which would drive the step size up without bound."""
     from inference import kernels
-    from inference.gibbs import _has_accept, _initial_step_size
+    from inference.gibbs_tuning import has_accept, initial_step_size
 
     def ld(x):
         return -0.5 * jnp.sum(x**2)
@@ -283,10 +283,10 @@ def test_only_factories_with_a_step_size_and_an_accept_step_are_tuned():
     def info(alg):
         return alg.step(jax.random.key(0), alg.init(jnp.zeros(2)))[1]
 
-    assert _has_accept(info(langevin.mala(ld, 0.1)))
-    assert not _has_accept(info(langevin.ula(ld, 0.1)))
-    assert not _has_accept(info(kernels.compose(langevin.ula(ld, 0.1), langevin.ula(ld, 0.2))))
-    assert _has_accept(info(kernels.compose(langevin.ula(ld, 0.1), langevin.mala(ld, 0.2))))
-    assert _initial_step_size(functools.partial(langevin.mala, step_size=0.3)) == 0.3
-    assert _initial_step_size(langevin.mala) == 0.1  # required: tuning starts at 0.1
-    assert _initial_step_size(lambda ld: langevin.mala(ld, 0.3)) is None  # not tunable
+    assert has_accept(info(langevin.mala(ld, 0.1)))
+    assert not has_accept(info(langevin.ula(ld, 0.1)))
+    assert not has_accept(info(kernels.compose(langevin.ula(ld, 0.1), langevin.ula(ld, 0.2))))
+    assert has_accept(info(kernels.compose(langevin.ula(ld, 0.1), langevin.mala(ld, 0.2))))
+    assert initial_step_size(functools.partial(langevin.mala, step_size=0.3)) == 0.3
+    assert initial_step_size(langevin.mala) == 0.1  # required: tuning starts at 0.1
+    assert initial_step_size(lambda ld: langevin.mala(ld, 0.3)) is None  # not tunable
