@@ -434,10 +434,16 @@ class _Job:
                 "x64": bool(jax.config.jax_enable_x64)}
 
     def _write(self, path, fingerprint, carry, t) -> None:
-        leaves = jax.tree.leaves(gather(carry))
-        ckpt.write_archive(path, {f"leaf{i}": ckpt.to_host(x) for i, x in enumerate(leaves)},
-                           {"kind": "checkpoint", "run": fingerprint, "t": int(t),
-                            "num_leaves": len(leaves)})
+        """The sampler's state and the draws made so far (only the filled slots)."""
+        state, buffers = gather(carry)
+        filled = max(int(t) - self.skip, 0)
+        arrays = {f"state{i}": ckpt.to_host(x) for i, x in enumerate(jax.tree.leaves(state))}
+        arrays.update({f"draws{i}": ckpt.to_host(x[:, :filled])
+                       for i, x in enumerate(jax.tree.leaves(buffers))})
+        ckpt.write_archive(path, arrays, {
+            "kind": "checkpoint", "run": fingerprint, "t": int(t),
+            "num_state": len(jax.tree.leaves(state)),
+            "num_draws": len(jax.tree.leaves(buffers))})
 
     def _restore(self, path, fingerprint, init_program, args):
         """The carry and loop step stored in the checkpoint ``path``, or None if no file."""
@@ -457,9 +463,16 @@ class _Job:
                 + ", ".join(f"{k}={stored.get(k)!r}" for k in differ if k != "key") + "). "
                 "Call infer with the same settings to resume it, or delete the file (or "
                 "pass another checkpoint path) to start afresh.")
-        like = jax.eval_shape(init_program, *args)[0]
-        carry = _unflatten(like, [arrays[f"leaf{i}"] for i in range(meta["num_leaves"])], path)
-        return put_leading(carry, self.mesh, self.C), int(meta["t"])
+        like_state, like_buffers = jax.eval_shape(init_program, *args)[0]
+        state = _unflatten(like_state, [arrays[f"state{i}"] for i in range(meta["num_state"])],
+                           path)
+        buffers = [arrays[f"draws{i}"] for i in range(meta["num_draws"])]
+        S = jax.tree.leaves(like_buffers)[0].shape[1]
+        # Slots not yet drawn are zeros, as the init program leaves them.
+        buffers = [np.concatenate([b, np.zeros((b.shape[0], S - b.shape[1]) + b.shape[2:],
+                                               b.dtype)], axis=1) for b in buffers]
+        buffers = _unflatten(like_buffers, buffers, path)
+        return put_leading((state, buffers), self.mesh, self.C), int(meta["t"])
 
     # -- more draws from where a run stopped -------------------------------------------
     def extend(self, split, state, n, key, progress):
