@@ -355,6 +355,18 @@ def suite_startup(quick: bool = False, reps: int | None = None, num_warmup: int 
     return {"suite": record.pop("suite"), "machine": machine_info(), **record}
 
 
+def suite_enum(reps: int | None = None, num_warmup: int = 1000, num_samples: int = 1000,
+               num_chains: int = 4, models: list[str] | None = None,
+               **_ignored: Any) -> dict[str, Any]:
+    """NUTS on models with enumerated discrete sites (a mixture, a scan HMM), ours vs
+    NumPyro's: ESS/s and compile time."""
+    from bench.enum import suite_enum as run
+
+    record = run(reps=reps, num_warmup=num_warmup, num_samples=num_samples,
+                 num_chains=num_chains, models=models)
+    return {"suite": record.pop("suite"), "machine": machine_info(), **record}
+
+
 #: Suite name -> function returning the JSON-able record (keyword arguments from the CLI).
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "nuts": suite_nuts,
@@ -365,6 +377,7 @@ SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "score": suite_score,
     "sharding": suite_sharding,
     "startup": suite_startup,
+    "enum": suite_enum,
 }
 
 
@@ -390,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite not in SUITES:
         parser.error(f"unknown suite {args.suite!r}; available suites: {', '.join(SUITES)}")
     if args.models:
-        known = STARTUP_MODELS if args.suite == "startup" else MODELS
+        from bench.enum import ENUM_MODELS
+
+        known = {"startup": STARTUP_MODELS, "enum": ENUM_MODELS}.get(args.suite, MODELS)
         unknown = [m for m in args.models if m not in known]
         if unknown:
             parser.error(f"unknown model(s) {unknown}; available: {', '.join(known)}")
