@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 
-from inference.arguments import CONCRETE_ERRORS, split_arguments
+from inference.arguments import CONCRETE_ERRORS, split_arguments, static_part
+from inference.compilation import compiling
 from inference.scan_chain import Chain, backward_sample, chain_of
 from ppl.enumeration import Enumeration, fresh_infer
 
@@ -93,20 +94,24 @@ def draw_discrete(model: Callable, args: tuple, kwargs: dict, samples: dict[str,
     keys = jax.random.split(key, count)
     data = (tuple(args), dict(kwargs))
 
-    def run(split):
+    def run(split, cache_key):
         dyn, rebuild = split
 
-        @jax.jit
         def program(dyn, flat, keys):
             one = lambda xs: _one_draw(model, enumeration, chain, names, rebuild(dyn), *xs)  # noqa: E731
             return jax.lax.map(one, (flat, keys), batch_size=min(batch_size, count))
 
-        return program(dyn, flat, keys)
+        # One program per model and shapes, kept with the samplers' programs (memory, disk).
+        with compiling("discrete draws", False) as programs:
+            compiled = programs.compile(jax.jit(program), (dyn, flat, keys), key=cache_key)
+        return compiled(dyn, flat, keys)
 
     try:
-        out = run(split_arguments(data))
+        out = run(split_arguments(data), ("discrete_draws", model, enumeration, chain,
+                                          tuple(names), static_part(data), batch_size))
     except CONCRETE_ERRORS:
-        out = run(([], lambda _: data))
+        # The model reads its data's values in Python: the data baked in, not cached.
+        out = run(([], lambda _: data), None)
     out = {n: jnp.reshape(v, lead + tuple(v.shape[1:])) for n, v in out.items()}
     jax.block_until_ready(out)
     return out, time.perf_counter() - start
