@@ -399,15 +399,15 @@ class _Job:
                     raise_nonfinite_start(self.pot, given, found)
                 raise_no_valid_initial(self.pot, gather(candidates), found, radius)
 
-        save = None
-        if path is not None:
-            every = every or max(num_steps // UPDATES, 1)
-            last = [t]
+        every = every or max(num_steps // UPDATES, 1)
+        last = [t]
 
-            def save(carry, t, force=False):
-                if force or t - last[0] >= every or t == num_steps:
-                    self._write(path, fingerprint, carry, t)
-                    last[0] = t
+        def checkpoint(carry, t, force=False):
+            if force or t - last[0] >= every or t == num_steps:
+                self._write(path, fingerprint, carry, t)
+                last[0] = t
+
+        save = checkpoint if path is not None else None
 
         init_warmup = self.host.init_warmup
         bar = ProgressBar(init_warmup + num_steps, desc=self.label, enabled=progress,

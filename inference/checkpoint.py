@@ -172,7 +172,8 @@ def data_digest(tree: Any) -> str:
 
     Example:
         >>> import numpy as np
-        >>> data_digest((np.ones(3), {"link": np.exp})) == data_digest((np.ones(3), {"link": np.exp}))
+        >>> data = (np.ones(3), {"link": np.exp})
+        >>> data_digest(data) == data_digest((np.ones(3), {"link": np.exp}))
         True
         >>> data_digest((np.ones(3),)) == data_digest((np.zeros(3),))
         False

@@ -156,8 +156,9 @@ def check_draws(samples: dict[str, Any], stats: dict[str, Any], num_chains: int,
                 if not e >= ESS_PER_CHAIN_MIN * num_chains:
                     low.append((float(e), label))
         if high:
+            what = "quantity" if len(high) == 1 else "quantities"
             messages.append(
-                f"R-hat above {RHAT_MAX} for {len(high)} quantit{'y' if len(high) == 1 else 'ies'}: "
+                f"R-hat above {RHAT_MAX} for {len(high)} {what}: "
                 f"{_worst(high, True)}; the chains have not mixed: run longer "
                 "(result.extend(...)) or reparameterise.")
         if low:

@@ -1,4 +1,4 @@
-"""End-of-run diagnostics: R-hat, bulk ESS, divergences, tree depth, E-BFMI, and infer's warnings."""
+"""End-of-run diagnostics: R-hat, bulk ESS, divergences, tree depth, E-BFMI; infer's warnings."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def test_check_draws_names_the_problems_and_the_quantities():
     msgs = check_draws(bad, {}, num_chains=4)
     # Chains apart in x[2] only: its R-hat is high and its bulk ESS low, x[0] and x[1] pass.
     assert len(msgs) == 2 and msgs[0].startswith("R-hat above 1.01 for 1 quantity: x[2] (")
-    assert msgs[1].startswith("bulk ESS below 100 per chain (400 for 4 chains) for 1 quantity: x[2]")
+    assert msgs[1].startswith(
+        "bulk ESS below 100 per chain (400 for 4 chains) for 1 quantity: x[2]")
     sticky = {"s": _ar1(rng, 2, 200, 1, 0.95)[..., 0]}
     msgs = check_draws(sticky, {}, num_chains=2)
     assert any(m.startswith("bulk ESS below 100 per chain (200 for 2 chains) for 1 quantity: s (")
