@@ -8,6 +8,7 @@ import jax
 
 from inference.arguments import as_arrays, as_key, positive_int
 from inference.discrete_draws import draw_discrete
+from inference.scan_chain import chain_of
 from inference.diagnostics import warn_all
 from inference.method import ChainMethod, Method, all_methods
 from inference.nuts import NUTS
@@ -66,6 +67,10 @@ def _enumeration(model: Callable, args: tuple, kwargs: dict, trace: dict, method
             f"enumerated, so {type(method).__name__} has no continuous site to move; its "
             "posterior is exact by enumeration. Use inference.Gibbs to sample the discrete "
             "sites, or numpyro.contrib.funsor.infer_discrete to draw them directly.")
+    # Whether the draws can come back (a chain through scan: one site, history 1), checked
+    # before sampling rather than after.
+    continuous = {n: s["value"] for n, s in latent_sites(trace).items() if n not in enumeration.sites}
+    chain_of(model, tuple(args), dict(kwargs), enumeration, continuous)
     return enumeration
 
 

@@ -408,3 +408,23 @@ def test_hmm_nuts_agrees_with_numpyro():
         locs_n, st_n = _sorted_by(theirs["locs"], stay(theirs["trans"]))
         _agree_within_mcse({"locs": locs, "stay": st}, {"locs": locs_n, "stay": st_n})
         assert np.asarray(r.samples["x"]).shape == (2, 600, 12)
+
+
+def test_a_scan_chain_whose_draws_cannot_come_back_is_refused_before_sampling():
+    """A global enumerated site next to an enumerated chain through scan: the density is
+    exact, but backward sampling handles one enumerated site per model with a scan; infer
+    says so before it compiles anything."""
+    def hmm_and_switch(y):
+        trans = numpyro.sample("trans", dist.Dirichlet(jnp.ones(2)).expand([2]).to_event(1))
+        shift = numpyro.sample("shift", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+
+        def step(x_prev, y_t):
+            x = numpyro.sample("x", dist.Categorical(trans[x_prev]),
+                               infer={"enumerate": "parallel"})
+            numpyro.sample("obs", dist.Normal(x + shift, 1.0), obs=y_t)
+            return x, None
+
+        scan(step, 0, y)
+
+    with pytest.raises(ModelError, match=r"one enumerated site inside one .*scan.*'x'"):
+        inference.infer(hmm_and_switch, jnp.zeros(4), progress=False)
