@@ -409,6 +409,8 @@ class Gibbs(Method):
     target_accept_prob: float = 0.574
 
     handles_discrete: ClassVar[bool] = True
+    #: Its draws are Markov chains: ``Result.diagnose`` checks R-hat and ESS.
+    markov_chains: ClassVar[bool] = True
 
     def __post_init__(self):
         if not isinstance(self.blocks, dict) or not self.blocks:

@@ -152,6 +152,8 @@ class NeuTra(Method):
     flow_options: dict | None = None
 
     handles_discrete: ClassVar[bool] = False
+    #: Its draws are Markov chains: ``Result.diagnose`` checks R-hat and ESS.
+    markov_chains: ClassVar[bool] = True
 
     def __post_init__(self):
         object.__setattr__(self, "flow", check_kind(self.flow, "NeuTra"))
