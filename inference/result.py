@@ -119,6 +119,8 @@ class Result:
         ``r.extend(a).extend(b)`` equals ``r.extend(a + b)``. A ``key`` (int or
         ``jax.random.key``) draws other continuations; the same key gives the same ones.
         A Result from :func:`load_result` needs its model (passed to ``load_result``).
+        Enumerated discrete sites (summed out by the chains) are drawn for the new draws
+        from their exact conditionals, as ``infer`` draws them, with keys of their own.
 
         Example:
             >>> import numpyro.distributions as dist, ppl, inference
@@ -147,6 +149,9 @@ class Result:
             num_samples=num_samples, key=None if key is None else as_key(key),
             progress=progress, devices=devices)
         samples, stats, tuning, timing = outputs
+        missing = [k for k in self.samples if k not in samples]
+        if missing:  # enumerated discrete sites: drawn given the new continuous draws
+            samples, timing = self._draw_enumerated(samples, timing, key)
         join = lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)], axis=1)  # noqa: E731
         result = Result(
             samples={k: join(self.samples[k], v) for k, v in samples.items()},
@@ -157,6 +162,27 @@ class Result:
         if diagnostics:
             warn_all(result.diagnose(), type(self.method).__name__)
         return result
+
+    def _draw_enumerated(self, samples: dict, timing: dict, key: Any) -> tuple[dict, dict]:
+        """The enumerated discrete sites (which the chains sum out) for the new draws, from
+        their exact conditionals, as ``infer`` draws them (with a key of their own)."""
+        from inference.arguments import as_key
+        from inference.discrete_draws import draw_discrete
+        from inference.infer import _DISCRETE_DRAWS
+        from ppl.enumeration import enumeration_of
+        from ppl.tracing import latent_sites, trace_model
+
+        args, kwargs = tuple(self.model_args), dict(self.model_kwargs)
+        trace = trace_model(self.model, *args, **kwargs)
+        enumeration = enumeration_of(self.model, args, kwargs, trace)
+        if enumeration is None:
+            return samples, timing
+        base = self.state.run_key() if key is None else as_key(key)
+        draw_key = jax.random.fold_in(jax.random.fold_in(base, _DISCRETE_DRAWS), self.state.t)
+        continuous = [n for n in latent_sites(trace) if n not in enumeration.sites]
+        draws, seconds = draw_discrete(self.model, args, kwargs, samples, enumeration,
+                                       continuous, draw_key)
+        return {**samples, **draws}, {**timing, "discrete_draws": seconds}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the draws, statistics, tuning, timing, observed data, the method's settings

@@ -305,3 +305,29 @@ def test_extend_load_and_checkpoint_for_langevin_and_float64(method, x64, tmp_pa
         checkpointed = inference.infer(model, y=y, num_samples=S, checkpoint=tmp_path / "c.npz",
                                        checkpoint_every=10, **opts)
         assert_same(checkpointed, r)
+
+
+def mixture(y=None):
+    mu = numpyro.sample("mu", dist.Normal(jnp.array([-2.0, 2.0]), 1.0).to_event(1))
+    with numpyro.plate("data", 6):
+        z = numpyro.sample("z", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+        numpyro.sample("y", dist.Normal(mu[z.astype(jnp.int32)], 0.5), obs=y)
+
+
+@pytest.mark.slow
+def test_extend_draws_the_enumerated_discrete_sites_for_the_new_draws():
+    y = jnp.array([-2.1, -1.9, -2.2, 2.0, 2.1, 1.8])
+    r = inference.infer(mixture, y=y, num_samples=S, num_warmup=W, num_chains=C,
+                        progress=False, diagnostics=False)
+    ext = r.extend(S, progress=False, diagnostics=False)
+    assert ext.samples["z"].shape == (C, 2 * S, 6)
+    np.testing.assert_array_equal(ext.samples["z"][:, :S], r.samples["z"])
+    # Components 4 apart with noise sd 0.5: each point's assignment given mu is certain up to
+    # exp(-(4 - 0.3)^2 / (2 * 0.25)) ~ 1e-12, so every new draw repeats the chain's labels
+    # (a chain may sit in the label-switched mode: compared per chain).
+    labels = np.asarray(r.samples["z"]).mean(axis=1)
+    assert set(np.unique(labels)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(np.asarray(ext.samples["z"][:, S:]),
+                                  np.broadcast_to(labels[:, None, :], (C, S, 6)))
+    again = r.extend(S, progress=False, diagnostics=False)
+    assert_same(again, ext)  # the same key: the same discrete draws
