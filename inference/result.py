@@ -135,6 +135,11 @@ class Result:
         from inference.diagnostics import warn_all
 
         num_samples = positive_int("num_samples", num_samples)
+        if self.state is not None and self.method is None:
+            raise ValueError(
+                "this Result's method could not be rebuilt from its file (its class is not "
+                "importable, or its settings are not plain values): set result.method to the "
+                "method it was run with (e.g. inference.NUTS(...), same settings), then extend.")
         if self.state is None or not hasattr(self.method, "extend"):
             raise ValueError(
                 f"this Result (method {type(self.method).__name__}) has no chain state to "

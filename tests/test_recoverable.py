@@ -129,6 +129,8 @@ def test_extend_refuses_results_without_chain_state(base):
         dataclasses.replace(base, state=None).extend(10)
     with pytest.raises(ValueError, match="no model attached"):
         dataclasses.replace(base, model=None).extend(10)
+    with pytest.raises(ValueError, match="method could not be rebuilt"):
+        dataclasses.replace(base, method=None).extend(10)
 
 
 # -- Ctrl-C --------------------------------------------------------------------------------
