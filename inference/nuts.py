@@ -32,6 +32,10 @@ class NUTS(ChainMethod):
     diagonal (or, with ``dense_mass=True``, dense) inverse mass matrix over Stan's
     expanding windows. All chains run with ``jax.vmap`` in one compiled program.
 
+    Gradients: ``stats["n_grad"]`` counts each kept draw's (its leapfrog steps), and
+    ``tuning["warmup_n_grad"]`` each chain's warmup total; a run's total is their sum plus
+    the initial-point search (one gradient per candidate tried, usually one per chain).
+
     Example:
         >>> import jax, numpyro.distributions as dist, ppl, inference
         >>> def model():
@@ -119,10 +123,11 @@ class NUTS(ChainMethod):
                 mm0.inverse_mass_matrix,
             )
             # Divergences during warmup and during sampling.
-            return state, w, jnp.zeros(2, jnp.int32)
+            # Divergences (warmup, sampling) and each chain's warmup gradients.
+            return state, w, jnp.zeros(2, jnp.int32), jnp.zeros((num_chains,), jnp.int32)
 
         def step(carry, t, key):
-            state, w, n_div = carry
+            state, w, n_div, n_warm = carry
             keys = jax.random.split(key, state.logdensity.shape[0])
             state, info = vstep(keys, state, w.step_size, w.inverse_mass_matrix)
             stats = {
@@ -145,15 +150,16 @@ class NUTS(ChainMethod):
                     lambda w: w,
                     w,
                 )
-            return (state, w, n_div), state.position, stats
+            n_warm = n_warm + jnp.where(t < W, info.num_integration_steps, 0).astype(n_warm.dtype)
+            return (state, w, n_div, n_warm), state.position, stats
 
         def tuning(carry):
-            _, w, n_div = carry
+            _, w, n_div, n_warm = carry
             return {"step_size": w.step_size, "inverse_mass_matrix": w.inverse_mass_matrix,
-                    "warmup_divergences": n_div[0]}
+                    "warmup_divergences": n_div[0], "warmup_n_grad": n_warm}
 
         def postfix(carry):
-            _, w, n_div = carry
+            _, w, n_div, _ = carry
             return {"step size": jnp.mean(w.step_size), "divergences": n_div[1]}
 
         return Sampler(init, step, loop_warmup=W, num_steps=W + num_samples, tuning=tuning,

@@ -307,12 +307,15 @@ def _count_gradients(stats: dict, source_result: Any) -> tuple[dict, float, floa
     """``stats`` with ``n_grad`` counting the source's gradients too (spread evenly over the
     draws, as SMC does), the total and the source's part.
 
-    The source's count is what it recorded, its ``stats["n_grad"]`` summed (NUTS records
-    those of its kept draws; VI records none); Learned's own are its kernel's (IRMH: 0).
+    The source's count is what it recorded: its ``stats["n_grad"]`` summed plus its warmup's
+    ``tuning["warmup_n_grad"]`` (NUTS and the Langevin methods report both; VI records
+    none); Learned's own are its kernel's (IRMH: 0).
     """
     own = float(np.sum(np.asarray(stats["n_grad"], np.float64)))
     recorded = None if source_result is None else source_result.stats.get("n_grad")
     source = 0.0 if recorded is None else float(np.sum(np.asarray(recorded, np.float64)))
+    warmup = None if source_result is None else (source_result.tuning or {}).get("warmup_n_grad")
+    source += 0.0 if warmup is None else float(np.sum(np.asarray(warmup, np.float64)))
     per_draw = stats["n_grad"].astype(jnp.result_type(float))
     stats = dict(stats, n_grad=per_draw + source / per_draw.size)
     return stats, own + source, source
