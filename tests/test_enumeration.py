@@ -428,3 +428,18 @@ def test_a_scan_chain_whose_draws_cannot_come_back_is_refused_before_sampling():
 
     with pytest.raises(ModelError, match=r"one enumerated site inside one .*scan.*'x'"):
         inference.infer(hmm_and_switch, jnp.zeros(4), progress=False)
+
+
+@pytest.mark.slow
+def test_learned_runs_on_an_enumerated_model():
+    """Learned's density is ppl.potential, so it accepts enumerated sites (its NUTS source
+    too) and the assignment draws come back with the usual shape."""
+    def mix2(y):
+        mixture(y, K=2)
+
+    y = jnp.array([-2.2, -1.9, -2.6, 1.8, 2.4, 2.1])
+    r = inference.infer(mix2, y, method=inference.Learned(source_samples=200, source_warmup=200,
+                                                          source_chains=2),
+                        num_samples=100, num_chains=2, key=0, progress=False, diagnostics=False)
+    assert np.asarray(r.samples["z"]).shape == (2, 100, 6)
+    assert np.all(np.isfinite(np.asarray(r.samples["mu"])))

@@ -111,6 +111,8 @@ class Learned(Method):
     validation: float = 0.1
 
     handles_discrete: ClassVar[bool] = False
+    #: Its density is ``ppl.potential``'s: enumerated discrete sites are summed out (infer).
+    sums_out_enumerated: ClassVar[bool] = True
 
     def __post_init__(self):
         from inference.nuts import NUTS
