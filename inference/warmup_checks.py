@@ -73,59 +73,93 @@ def _flat_sites(sites: dict[str, tuple]) -> list[tuple[str, int, int]]:
 
 def _value(x: Any) -> str:
     x = np.asarray(x, dtype=float)
-    if x.size == 1:
-        return f"{float(x.reshape(())):.3g}"
+    if x.size == 1 or np.all(x == x.reshape(-1)[0]):
+        return f"{float(x.reshape(-1)[0]):.3g}"
     return f"{float(np.min(x)):.3g}..{float(np.max(x)):.3g}"
+
+
+def _frozen(samples: dict, min_draws: int = 20) -> dict[str, np.ndarray]:
+    """Per site: the chains (a bool per chain) in which some element of its draws never
+    changes over at least ``min_draws`` draws. A Langevin chain moves every coordinate at
+    every accepted step; one that never changes moves by less than the float resolution of
+    its value (a MALA chain that rejected all of 20 proposals at acceptance ~0.5 has
+    probability ~1e-6)."""
+    out = {}
+    for name, draws in samples.items():
+        x = np.asarray(draws)
+        if x.ndim >= 2 and x.shape[1] >= min_draws:
+            same = np.all(x == x[:, :1], axis=1).reshape(x.shape[0], -1)
+            out[name] = same.any(axis=1)
+    return out
 
 
 def warn_collapsed(owner: str, tuning: dict, samples: dict,
                    sites: dict[str, tuple] | Callable[[], dict[str, tuple]],
                    stacklevel: int = 3) -> list[int]:
-    """Warn (:class:`WarmupWarning`) if warmup left any chain collapsed; return those chains.
+    """Warn (:class:`WarmupWarning`) if warmup left any chain unable to move; return those.
 
-    ``tuning`` is a Langevin method's ``result.tuning`` (``step_size``,
-    ``inverse_mass_matrix``, for unadjusted kernels ``warmup_step_size``, that of the MALA
-    warmup that tuned them), ``samples``
-    the constrained draws, ``sites`` the unconstrained shapes of the latent sites (or a
-    function returning them, called only when there is something to warn about).
+    A chain is named if its tuned step size collapsed (:func:`collapsed_chains`) or if the
+    draws of one of its latent sites never change (a mass matrix estimated from a chain
+    that did not move hides the collapse from the step size: its moves fall below the
+    float resolution of the values). ``tuning`` is a Langevin method's ``result.tuning``
+    (``step_size``, ``inverse_mass_matrix``, for unadjusted kernels ``warmup_step_size``,
+    that of the MALA warmup that tuned them), ``samples`` the constrained draws, ``sites``
+    the unconstrained shapes of the latent sites (or a function returning them, called
+    only when there may be something to warn about).
 
     Example:
         >>> import numpy as np
         >>> tuning = {"step_size": np.array([0.5, 1e-7]), "inverse_mass_matrix": np.ones((2, 1))}
         >>> import warnings
         >>> with warnings.catch_warnings(record=True):
-        ...     warn_collapsed("MALA", tuning, {"y": np.zeros((2, 3))}, {"y": ()})
+        ...     warn_collapsed("MALA", tuning, {"y": np.random.randn(2, 3)}, {"y": ()})
         [1]
     """
     h = np.asarray(tuning.get("warmup_step_size", tuning["step_size"]), dtype=float)
     h = h.reshape(-1)
     imm = np.asarray(tuning["inverse_mass_matrix"], dtype=float)
     dim = imm.shape[-1]
-    bad = np.flatnonzero(~(np.isfinite(h) & (h >= collapse_threshold(dim))))
-    if bad.size == 0:
+    step_bad = ~(np.isfinite(h) & (h >= collapse_threshold(dim)))
+    frozen_sites = _frozen(samples)
+    if not step_bad.any() and not any(f.any() for f in frozen_sites.values()):
         return []
     if callable(sites):
         sites = sites()
+    frozen_sites = {n: f for n, f in frozen_sites.items() if n in sites and f.any()}
+    frozen = np.zeros_like(step_bad)
+    for f in frozen_sites.values():
+        frozen |= f
+    bad = np.flatnonzero(step_bad | frozen)
+    if bad.size == 0:
+        return []
     diag = imm if imm.ndim == 2 else np.diagonal(imm, axis1=-2, axis2=-1)
     # Per coordinate: the proposal sd of one MALA step, sqrt(2 h M_ii), over the bad chains.
     move = np.sqrt(np.maximum(2.0 * h[bad, None] * diag[bad], 0.0)).max(axis=0)
-    ranked = sorted(((float(move[a:b].max()), name) for name, a, b in _flat_sites(sites)
-                     if b > a))
+    ranked = sorted(((name not in frozen_sites, float(move[a:b].max()), name)
+                     for name, a, b in _flat_sites(sites) if b > a))
     named = []
-    for m, name in ranked[:4]:
+    for still, m, name in ranked[:4]:
         where = ""
         if name in samples:
             where = f", at {_value(np.asarray(samples[name])[bad, 0])}"
-        named.append(f"'{name}' (moves ~{m:.2g} per step on the unconstrained scale{where})")
+        how = "" if still else "its draws never change; "
+        named.append(f"'{name}' ({how}moves ~{m:.2g} per step on the unconstrained "
+                     f"scale{where})")
+    why = []
+    if step_bad.any():
+        why.append(f"chain(s) {np.flatnonzero(step_bad).tolist()} tuned a step size of "
+                   f"{_value(h[step_bad])}, below {collapse_threshold(dim):.2g} (1/100 of "
+                   f"the scale a {dim}-dimensional posterior needs)")
+    if frozen.any():
+        why.append(f"in chain(s) {np.flatnonzero(frozen).tolist()} the draws of "
+                   f"{sorted(frozen_sites)} never change")
     warnings.warn(
-        f"{owner}: warmup ended with a collapsed step size in chain(s) {bad.tolist()} "
-        f"(step size {_value(h[bad])}; below {collapse_threshold(dim):.2g}, 1/100 of the "
-        f"scale a {dim}-dimensional posterior needs, a chain only jitters in place, and "
-        f"chains frozen at the same point even agree: their R-hat and ESS cannot be "
-        f"trusted). The sites that barely move: {', '.join(named)}. This is the neck of a "
-        "funnel or a degenerate mode (a hierarchical scale going to 0, a concentration "
-        "going to infinity): reparameterize the model (non-centred), give init_params "
-        "away from it, or use inference.NUTS().",
+        f"{owner}: warmup left chain(s) {bad.tolist()} unable to move: {'; '.join(why)}. "
+        "Such chains only jitter in place, and chains frozen at the same point even agree: "
+        f"their R-hat and ESS cannot be trusted. The sites that barely move: "
+        f"{', '.join(named)}. This is the neck of a funnel or a degenerate mode (a "
+        "hierarchical scale going to 0, a concentration going to infinity): reparameterize "
+        "the model (non-centred), give init_params away from it, or use inference.NUTS().",
         WarmupWarning, stacklevel=stacklevel)
     return bad.tolist()
 

@@ -69,6 +69,32 @@ def test_a_collapsed_chain_is_named_with_its_frozen_sites():
     assert "non-centred" in msg and "NUTS" in msg
 
 
+def test_a_chain_whose_draws_never_change_is_named():
+    # A start in the funnel's neck (y = -30): warmup's mass matrix shrinks with the chain,
+    # so the step size looks fine (0.007), but the moves (~4e-7) are below float32's
+    # resolution at 30 (2e-6): y's draws never change. Chain 1 is healthy.
+    rng = np.random.default_rng(0)
+    tuning = {"step_size": np.array([0.007, 0.5]), "inverse_mass_matrix": np.ones((2, 10))}
+    y = rng.normal(size=(2, 30))
+    y[0] = -30.0
+    samples = {"x": rng.normal(size=(2, 30, 9)), "y": y, "det": np.ones((2, 30))}
+    with pytest.warns(WarmupWarning) as record:
+        bad = warmup_checks.warn_collapsed("ULA", tuning, samples, {"x": (9,), "y": ()})
+    assert bad == [0]  # 'det' (a deterministic site, constant) is not a latent site
+    msg = str(record[0].message)
+    assert "draws of ['y'] never change" in msg and "'y' (its draws never change" in msg
+    assert "at -30" in msg
+
+
+@pytest.mark.slow
+def test_chains_started_in_the_funnel_neck_warn():
+    # End to end: init_params in the neck, no climb; the chains cannot leave it.
+    with pytest.warns(WarmupWarning, match=r"draws of \['y'\] never change"):
+        inference.infer(funnel, method=inference.MALA(find_mode=0), num_warmup=200,
+                        num_samples=50, num_chains=2, key=0, progress=False,
+                        init_params={"y": -30.0, "x": np.zeros(9)})
+
+
 def test_healthy_chains_give_no_warning():
     tuning = {"step_size": np.array([0.3, 0.5]), "inverse_mass_matrix": np.ones((2, 3))}
     with warnings.catch_warnings():
