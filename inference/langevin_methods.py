@@ -23,8 +23,10 @@ collapsed step size and freezes (while its acceptance rate looks fine). So a cha
 tuned step size (that of the MALA warmup, for unadjusted kernels) comes out below
 ``0.01 d^{-1/3}`` (:mod:`inference.warmup_checks`; MALA's optimal step is ``~1.4 d^{-1/3}``)
 is warmed up again from its initial point without the climb (``tuning["warmup_restarted"]``,
-and a :class:`inference.warmup_checks.WarmupWarning`); a chain still collapsed after that
-gets a ``WarmupWarning`` naming the sites that barely move.
+and a :class:`inference.warmup_checks.WarmupWarning`). After the run, a chain still
+collapsed, or one whose draws of a site never change (a start in a funnel's neck shrinks
+the mass matrix with the chain, hiding the collapse from the step size), gets a
+``WarmupWarning`` naming the sites that barely move and where they sit.
 
 Draws. ``thinning`` kernel steps per kept draw (stats summed or averaged over them). The
 sampler statistics use ArviZ's names: ``lp``, ``acceptance_rate`` (adjusted kernels),
@@ -144,7 +146,7 @@ class _LangevinMethod(ChainMethod):
     def run(self, model: Callable, args: tuple, kwargs: dict, **options: Any) -> Any:
         """:meth:`ChainMethod.run`, then the warmup checks: a :class:`WarmupWarning` names
         chains whose warmup was restarted without the L-BFGS climb, and chains whose tuned
-        step size collapsed (see :mod:`inference.warmup_checks`)."""
+        step size collapsed or whose draws never change (:mod:`inference.warmup_checks`)."""
         out = super().run(model, args, kwargs, **options)
         if self.step_size is None:
             samples, _, tuning, _ = out
