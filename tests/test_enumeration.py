@@ -216,10 +216,20 @@ def test_one_infer_dict_shared_by_sites_and_calls_is_safe():
 
 
 def test_models_without_enumerated_sites_keep_the_fast_path():
+    """No enumeration object, and (in a fresh process) funsor is never imported."""
+    import subprocess
+    import sys
+
     def model():
         numpyro.sample("x", dist.Normal(0.0, 1.0))
 
     assert ppl.potential(model).enumeration is None
+    code = ("import sys, jax, numpyro, numpyro.distributions as dist, ppl, inference\n"
+            "def model():\n    numpyro.sample('x', dist.Normal(0.0, 1.0))\n"
+            "pot = ppl.potential(model)\npot.logdensity_fn({'x': jax.numpy.zeros(())})\n"
+            "print('funsor' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # -- errors ------------------------------------------------------------------------------
