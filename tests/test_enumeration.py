@@ -453,3 +453,19 @@ def test_learned_runs_on_an_enumerated_model():
                         num_samples=100, num_chains=2, key=0, progress=False, diagnostics=False)
     assert np.asarray(r.samples["z"]).shape == (2, 100, 6)
     assert np.all(np.isfinite(np.asarray(r.samples["mu"])))
+
+
+@pytest.mark.slow
+def test_nested_plates_nuts_agrees_with_numpyro():
+    """Two enumerated sites in nested plates (the inner depending on the outer): p and q
+    within 4 combined MCSE of NumPyro's enumerated NUTS; the draws of a and b come back with
+    their plate shapes."""
+    with jax.enable_x64(True):
+        model, (y,) = _data()["nested"]
+        r = inference.infer(model, y, num_samples=600, num_warmup=300, num_chains=2, key=4,
+                            progress=False, diagnostics=False)
+        theirs = _numpyro_nuts(model, (y,), 5)
+        _agree_within_mcse({"p": r.samples["p"], "q": r.samples["q"]},
+                           {"p": theirs["p"], "q": theirs["q"]})
+        assert np.asarray(r.samples["a"]).shape == (2, 600, 2, 1)
+        assert np.asarray(r.samples["b"]).shape == (2, 600, 2, 3)
