@@ -469,3 +469,24 @@ def test_nested_plates_nuts_agrees_with_numpyro():
                            {"p": theirs["p"], "q": theirs["q"]})
         assert np.asarray(r.samples["a"]).shape == (2, 600, 2, 1)
         assert np.asarray(r.samples["b"]).shape == (2, 600, 2, 3)
+
+
+@pytest.mark.slow
+def test_dawid_skene_nuts_agrees_with_numpyro():
+    """The annotation model: class prevalences sorted, and each annotator's accuracy for
+    the classes in the same order (invariant under relabelling the classes), within 4
+    combined MCSE of NumPyro's enumerated NUTS."""
+    def invariant(s):
+        pi, beta = np.asarray(s["pi"]), np.asarray(s["beta"])
+        order = np.argsort(pi, axis=-1)
+        acc = np.diagonal(beta, axis1=-2, axis2=-1)  # (chains, draws, annotators, classes)
+        return {"pi": np.take_along_axis(pi, order, -1),
+                "acc": np.take_along_axis(acc, order[..., None, :], -1)}
+
+    with jax.enable_x64(True):
+        model, args = _data()["dawid_skene"]
+        r = inference.infer(model, *args, num_samples=600, num_warmup=300, num_chains=2, key=6,
+                            progress=False, diagnostics=False)
+        theirs = _numpyro_nuts(model, args, 7)
+        _agree_within_mcse(invariant(r.samples), invariant(theirs))
+        assert np.asarray(r.samples["c"]).shape == (2, 600, 6, 1)
