@@ -136,7 +136,7 @@ def infer(
             (``progress=False`` does not).
 
     Ctrl-C (``KeyboardInterrupt``) during the draws of an MCMC method stops at the end of the
-    chunk in flight (at most a twentieth of the run) and *returns* a Result with the draws
+    chunk in flight (chunks are sized to take about a second) and *returns* a Result with the draws
     made so far, with a warning saying how many; ``result.extend(n)`` continues those chains.
     Interrupted during warmup, or by a method that is not MCMC, the ``KeyboardInterrupt``
     propagates.
