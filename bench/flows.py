@@ -48,7 +48,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import inference  # noqa: E402
-from inference.neutra import NeuTra  # noqa: E402
+from inference.methods.neutra import NeuTra  # noqa: E402
 from models import posteriordb  # noqa: E402
 
 

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inference import adaptation, langevin
+from inference.mcmc import adaptation, langevin
 
 DIM = 100
 COND = 100.0

@@ -117,7 +117,7 @@ def per_image(objective: ppl.Expectation) -> ppl.Expectation:
 
 
 def ours_fit_step(objective: ppl.Expectation, optimizer) -> Callable:
-    """The body of ``inference.fit``'s step (``fast_step`` in ``inference/fit.py``).
+    """The body of ``inference.fit``'s step (``fast_step`` in ``inference/vi/fit.py``).
 
     fit checks finiteness once per chunk of steps (not per step) and replays a chunk with
     a guarded step only when that check fails, so its per-step work is this.

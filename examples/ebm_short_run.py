@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inference import langevin
+from inference.mcmc import langevin
 
 INIT_RANGE = 3.0
 

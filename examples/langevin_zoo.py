@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inference import adaptation, langevin
+from inference.mcmc import adaptation, langevin
 
 NUM_CHAINS = 4
 KERNELS = ("ULA", "MALA", "BAOAB", "OBABO", "RandMidpoint", "NUTS")

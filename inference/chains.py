@@ -14,7 +14,7 @@ The host calls the chunk program at least twenty times, moving the progress bar 
 calls: the first call is short, later ones are sized from the measured speed to take about
 a second (:data:`CHUNK_SECONDS`), never more than a twentieth of the run.
 So the programs carry no host callbacks and JAX's persistent cache can keep them, both are
-compiled once per shape and kept in :data:`inference.compilation.PROGRAMS`, and the model's
+compiled once per shape and kept in :data:`inference.programs.cache.PROGRAMS`, and the model's
 data enter them as arguments (new data of the same shapes reuses them). Every step's key is
 ``fold_in(key, t)`` and every call runs the same program, so the draws do not depend on
 the chunking.
@@ -59,7 +59,7 @@ import numpy as np
 
 from inference import checkpoint as ckpt
 from inference.arguments import CONCRETE_ERRORS, positive_int, split_arguments, static_part
-from inference.compilation import compiling
+from inference.programs.cache import compiling
 from inference.initialization import uniform_candidates, raise_no_valid_initial, select_initial
 from inference.progress import ProgressBar, chunk_sizes
 from inference.sharding import constrain_leading, describe, gather, put_leading

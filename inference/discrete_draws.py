@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from numpyro import handlers
 
 from inference.arguments import CONCRETE_ERRORS, split_arguments, static_part
-from inference.compilation import compiling
+from inference.programs.cache import compiling
 from inference.scan_chain import Chain, backward_sample, chain_of
 from ppl.enumeration import Enumeration, fresh_infer
 

@@ -11,7 +11,7 @@ from inference.discrete_draws import draw_discrete
 from inference.scan_chain import chain_of
 from inference.diagnostics import warn_all
 from inference.method import ChainMethod, Method, all_methods
-from inference.nuts import NUTS
+from inference.methods.nuts import NUTS
 from inference.result import Result
 from ppl.enumeration import enumeration_of, unmarked_discrete_sites, unmarked_error
 from ppl.errors import ModelError

@@ -76,7 +76,7 @@ class Relay:
     """A progress sink compiled into a program, pointed at each run's own bar or function.
 
     A program whose host callbacks report progress is kept and reused across calls
-    (:mod:`inference.compilation`), so the callback cannot close over one call's bar; it
+    (:mod:`inference.programs.cache`), so the callback cannot close over one call's bar; it
     calls a relay instead, and each run sets ``relay.target`` (a :class:`ProgressBar`, or
     any callable) for its duration. One run at a time per cached program.
 

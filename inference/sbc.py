@@ -44,9 +44,9 @@ import numpy as np
 from numpyro import handlers
 
 from inference.arguments import as_arrays, as_key, positive_int, split_arguments, static_part
-from inference.compilation import compile_program
+from inference.programs.cache import compile_program
 from inference.infer import _check_method, infer
-from inference.nuts import NUTS
+from inference.methods.nuts import NUTS
 from ppl.errors import ModelError
 from ppl.tracing import check_arguments, model_name
 

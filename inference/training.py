@@ -9,7 +9,7 @@ flow matching (:func:`inference.flow_matching.train`), score matching
 
 - **Chunks.** The ``steps`` are split into about ``updates`` chunks
   (:func:`inference.progress.chunk_sizes`); one chunk is one jit-compiled ``lax.scan``, compiled
-  once through :func:`inference.compilation.compiling` (a "compiling..." line, the program
+  once through :func:`inference.programs.cache.compiling` (a "compiling..." line, the program
   cache when the trainer gives a ``program_key``). Between chunks the host moves the progress
   bar (with the trainer's ``postfix``) and checks finiteness: one device sync per chunk, never
   per step. A padded last chunk leaves its extra steps idle.
@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inference.compilation import compiling
+from inference.programs.cache import compiling
 from inference.progress import ProgressBar, chunk_sizes
 
 __all__ = ["run_steps", "minimize", "Trained", "Stopped", "FitResult", "NonFiniteError",

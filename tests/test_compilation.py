@@ -1,4 +1,4 @@
-"""Compile once per shape (``inference.compilation``, ``inference.fingerprint``,
+"""Compile once per shape (``inference.programs.cache``, ``inference.programs.fingerprint``,
 ``inference.disk_cache``): reuse across calls, never a stale program, a clear compile status.
 
 The statistical checks use a conjugate model, mu ~ Normal(0, 10), y_i ~ Normal(mu, 1), whose
@@ -25,7 +25,7 @@ import numpyro.distributions as dist
 import pytest
 
 import inference
-from inference.fingerprint import Unfingerprintable, fingerprint
+from inference.programs.fingerprint import Unfingerprintable, fingerprint
 
 KW = dict(num_warmup=200, num_samples=300, num_chains=2, progress=False)
 PRIOR_SD = 10.0
@@ -171,9 +171,9 @@ def test_fit_reuses_its_program_for_new_data():
 
     kw = dict(optimizer=optax.adam(0.1), steps=300, key=0, progress=False)
     r1 = inference.fit(objective, jnp.zeros(2), jnp.array([1.0, -1.0]), **kw)
-    before = inference.compilation.PROGRAMS.hits
+    before = inference.programs.cache.PROGRAMS.hits
     r2 = inference.fit(objective, jnp.zeros(2), jnp.array([3.0, 2.0]), **kw)
-    assert inference.compilation.PROGRAMS.hits == before + 1
+    assert inference.programs.cache.PROGRAMS.hits == before + 1
     # The optimum is the target; 0.1 covers the optimizer's noise (z has sd 0.1).
     np.testing.assert_allclose(np.asarray(r1.params), [1.0, -1.0], atol=0.1)
     np.testing.assert_allclose(np.asarray(r2.params), [3.0, 2.0], atol=0.1)
@@ -246,7 +246,7 @@ def test_disk_cache_default_opt_out_user_choice_and_unwritable(tmp_path):
 def test_a_failing_disk_cache_warns_once_and_turns_off():
     import warnings
 
-    from inference import disk_cache
+    from inference.programs import disk_cache
 
     saved = disk_cache.cache_dir()
     fake = warnings.WarningMessage(
@@ -272,9 +272,9 @@ def test_vi_with_keyword_data_reuses_its_programs():
     kw = dict(method=vi, num_samples=500, num_chains=2, key=0, progress=False)
     y = jnp.array([1.0, 2.0, 3.0, 2.5])
     inference.infer(model, y=y, **kw)
-    before = inference.compilation.PROGRAMS.hits
+    before = inference.programs.cache.PROGRAMS.hits
     r = inference.infer(model, y=y + 5.0, **kw)
-    assert inference.compilation.PROGRAMS.hits >= before + 2  # the fit and the draws
+    assert inference.programs.cache.PROGRAMS.hits >= before + 2  # the fit and the draws
     # A normal guide is exact here; 0.1 (0.2 posterior sd) covers Adam's jitter at lr 1e-2
     # and the Monte Carlo error of 1000 draws (0.016), while stale data would be 5 away.
     assert abs(float(np.mean(r.samples["mu"])) - exact_mean(y + 5.0)) < 0.1

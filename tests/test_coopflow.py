@@ -34,7 +34,7 @@ import numpyro.diagnostics
 import optax
 import pytest
 
-from inference.fit import NonFiniteError
+from inference.vi.fit import NonFiniteError
 from inference.metrics import energy_distance
 from models import coopflow, toy2d
 

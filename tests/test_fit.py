@@ -10,7 +10,7 @@ import pytest
 
 import inference
 import ppl
-from inference import guides
+from inference.vi import guides
 from inference.progress import ProgressBar
 
 # Conjugate model: mu ~ N(M0, S0), y_i ~ N(mu, SIG). Posterior N(POST_MEAN, POST_SD) exactly,

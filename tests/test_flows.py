@@ -11,7 +11,7 @@ from numpyro import handlers
 
 import inference
 import ppl
-from inference import guides
+from inference.vi import guides
 from inference.flows import KINDS, FlowSpec, check_kind
 
 # float32 throughout: log-determinants agree to ~1e-5 relative; round trips to ~1e-5

@@ -23,12 +23,13 @@ import numpyro.distributions as dist
 import pytest
 
 import inference
-from inference import kernels, langevin
-from inference.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
+from inference.mcmc import combinators as kernels
+from inference.mcmc import langevin
+from inference.mcmc.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
 from ppl.errors import ModelError
 
 # The module itself: the package exports the function ``gibbs`` under the same name.
-gibbs_lib = importlib.import_module("inference.gibbs")
+gibbs_lib = importlib.import_module("inference.mcmc.gibbs")
 
 Z = 4.0
 

@@ -22,11 +22,11 @@ import pytest
 from numpyro.contrib.control_flow import scan
 
 import inference
-from inference import langevin
+from inference.mcmc import langevin
 from inference.diagnostics import rank_normalized_rhat
-from inference.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
-from inference.gibbs_discrete import _Enumerator
-from inference.gibbs_model import _Model
+from inference.mcmc.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
+from inference.mcmc.gibbs_discrete import _Enumerator
+from inference.mcmc.gibbs_model import _Model
 from ppl.errors import ModelError
 
 Z = 4.0
@@ -274,8 +274,8 @@ def test_tuning_can_be_turned_off_and_keeps_the_given_step_size():
 def test_only_factories_with_a_step_size_and_an_accept_step_are_tuned():
     """Dual averaging needs an acceptance rate: a combination of unadjusted kernels reports
     1.0 (every move taken), which would drive the step size up without bound."""
-    from inference import kernels
-    from inference.gibbs_tuning import has_accept, initial_step_size
+    from inference.mcmc import combinators as kernels
+    from inference.mcmc.gibbs_tuning import has_accept, initial_step_size
 
     def ld(x):
         return -0.5 * jnp.sum(x**2)

@@ -10,7 +10,7 @@ from jax.scipy.stats import multivariate_normal, norm
 from numpyro import handlers
 
 import ppl
-from inference import guides
+from inference.vi import guides
 
 
 def model(y=None):

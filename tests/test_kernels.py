@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from blackjax.base import SamplingAlgorithm
 
-from inference import kernels, langevin
+from inference.mcmc import combinators as kernels
+from inference.mcmc import langevin
 
 Z = 4.0
 SIGMA = np.array([[1.0, 1.2], [1.2, 4.0]])  # sds 1 and 2, correlation 0.6

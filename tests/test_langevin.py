@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
-from inference import adaptation, langevin
+from inference.mcmc import adaptation, langevin
 
 Z = 4.0  # standard errors allowed in a statistical comparison (see module docstring)
 

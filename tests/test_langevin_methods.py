@@ -74,7 +74,7 @@ def test_exact_on_gaussian(name):
 
 
 # ~10-13 s each on 2 cores; the default suite runs both methods through infer in their
-# doctests (inference.langevin_methods.ULA / RandomizedMidpoint).
+# doctests (inference.methods.langevin.ULA / RandomizedMidpoint).
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ULA", "RandomizedMidpoint"])
 def test_unadjusted_bias_within_tolerance(name):

@@ -18,9 +18,9 @@ import numpyro.distributions as dist
 import pytest
 
 import inference
-from inference import warmup_checks
-from inference.langevin_methods import _towards_mode
-from inference.warmup_checks import WarmupWarning
+from inference.methods import warmup_checks
+from inference.methods.langevin import _towards_mode
+from inference.methods.warmup_checks import WarmupWarning
 
 # Efron & Morris (1975): hits in the first 45 at-bats of the 1970 season, 18 players
 # (NumPyro's examples/baseball.py data, first two columns).

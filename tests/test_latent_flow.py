@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from inference.fit import NonFiniteError
+from inference.vi.fit import NonFiniteError
 from inference.flows import FlowSpec
 from inference.metrics import energy_distance
 from models import latent_flow as L

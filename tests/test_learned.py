@@ -22,7 +22,7 @@ import pytest
 import inference
 import ppl
 from inference.flows import FlowSpec
-from inference.guides import latent_site_info
+from inference.vi.guides import latent_site_info
 from inference.learned import (
     Flow,
     FlowMatchingSampler,

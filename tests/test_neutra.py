@@ -1,4 +1,4 @@
-"""NeuTra (inference.neutra): flow-preconditioned MCMC through inference.infer."""
+"""NeuTra (inference.methods.neutra): flow-preconditioned MCMC through inference.infer."""
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +11,8 @@ import pytest
 import inference
 import ppl
 from inference.flows import FlowSpec
-from inference.guides import latent_site_info
-from inference.neutra import NeuTra, transported_model
+from inference.vi.guides import latent_site_info
+from inference.methods.neutra import NeuTra, transported_model
 
 
 def _model(y=None):

@@ -1,4 +1,4 @@
-"""Compiled programs kept on disk under our own fingerprint (``inference.program_store``):
+"""Compiled programs kept on disk under our own fingerprint (``inference.programs.store``):
 a new process loads them without tracing, gets the same draws, and a broken store is only
 a miss.
 
@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 import inference
-from inference import compilation, program_store
-from inference.fingerprint import fingerprint
+from inference.programs import cache as compilation
+from inference.programs import store as program_store
+from inference.programs.fingerprint import fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +46,7 @@ ROUND_TRIP = """
     import hashlib, json
     import jax, jax.numpy as jnp, numpy as np, numpyro, numpyro.distributions as dist
     import inference
-    from inference import program_store
+    from inference.programs import store as program_store
 
     # A small jitted function, through the store directly.
     x = jnp.linspace(-1.0, 1.0, 5)
@@ -86,7 +87,7 @@ FUSED = """
     import json
     import jax, jax.numpy as jnp, numpy as np
     import inference
-    from inference.compilation import compile_program
+    from inference.programs.cache import compile_program
 
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # JAX caches it too
 
@@ -223,7 +224,7 @@ DIGESTS = """
     import json, sys
     import jax.numpy as jnp
     import inference
-    from inference.compilation import abstract, program_key
+    from inference.programs.cache import abstract, program_key
     sys.path.insert(0, {folder!r})
     import model_a, model_b
 

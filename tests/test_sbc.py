@@ -23,7 +23,7 @@ import numpyro.distributions as dist
 import pytest
 
 import inference
-from inference import langevin
+from inference.mcmc import langevin
 from inference.sbc import SBCResult, ecdf_band, ranks_of, uniformity_pvalues
 from ppl.errors import ModelError
 

@@ -31,7 +31,8 @@ from scipy.stats import halfnorm, multivariate_normal, norm
 
 import inference
 import ppl
-from inference import langevin, smc
+from inference import smc
+from inference.mcmc import langevin
 from inference.smc import SMC, tempered_smc
 from ppl.errors import ModelError
 

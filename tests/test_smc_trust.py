@@ -30,7 +30,7 @@ import numpyro.distributions as dist
 import pytest
 
 import inference
-from inference import langevin
+from inference.mcmc import langevin
 from inference.smc import checks as smc_checks
 from inference.smc import SMC, tempered_smc
 from ppl.errors import ModelError

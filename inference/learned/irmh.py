@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 
-from inference.langevin import _accept
+from inference.mcmc.langevin import _accept
 
 __all__ = ["IRMHState", "IRMHInfo", "irmh"]
 

@@ -115,7 +115,7 @@ class Learned(Method):
     sums_out_enumerated: ClassVar[bool] = True
 
     def __post_init__(self):
-        from inference.nuts import NUTS
+        from inference.methods.nuts import NUTS
         from inference.result import Result
         from inference.vi import VI
 

@@ -59,7 +59,7 @@ values only, no gradients.
 
 Example:
     >>> import jax, jax.numpy as jnp
-    >>> from inference import langevin
+    >>> from inference.mcmc import langevin
     >>> logprior = lambda x: -0.5 * x**2 - 0.5 * jnp.log(2 * jnp.pi)     # N(0, 1)
     >>> loglik = lambda x: -0.5 * (1.0 - x)**2 - 0.5 * jnp.log(2 * jnp.pi)  # y = 1 ~ N(x, 1)
     >>> x0 = jax.random.normal(jax.random.key(0), (2000,))

@@ -91,7 +91,7 @@ def probe_move(build: Callable, logprior_fn: Callable, loglikelihood_fn: Callabl
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from inference import langevin
+        >>> from inference.mcmc import langevin
         >>> p = probe_move(lambda f: langevin.mala(f, 0.1), lambda x: -x**2, lambda x: -x**2,
         ...                jnp.zeros(()), jax.random.key(0))
         >>> p.init_grads, p.step_grads, sorted(p.lapack)

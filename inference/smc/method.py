@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from inference.arguments import split_arguments, static_part
-from inference.compilation import compiling
+from inference.programs.cache import compiling
 from inference.progress import ProgressBar, Relay
 from inference.sharding import constrain_leading, describe, gather, mesh_for, put_leading
 from inference.smc.checks import cpu_mesh_without_lapack, raise_if_no_likelihood

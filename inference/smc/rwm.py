@@ -8,7 +8,7 @@ import blackjax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 
-from inference import langevin
+from inference.mcmc import langevin
 
 
 def _rwm(logdensity_fn: Callable, step_size: float, inverse_mass_matrix: Any = None) -> SamplingAlgorithm:

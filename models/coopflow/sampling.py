@@ -8,7 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from inference import langevin
+from inference.mcmc import langevin
 from inference.flows import FlowSpec
 
 from models.coopflow.model import CoopFlow, _check_model, _int, _points

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inference.fit import FitResult, NonFiniteError, all_finite
+from inference.vi.fit import FitResult, NonFiniteError, all_finite
 from inference.progress import ProgressBar, chunk_sizes
 
 from models.coopflow.losses import energy_loss
@@ -38,7 +38,7 @@ class Metrics(NamedTuple):
 class CoopFlowNonFiniteError(NonFiniteError):
     """A training step of :func:`fit` went non-finite.
 
-    Attributes (beyond :class:`~inference.fit.NonFiniteError`'s ``step``, ``leaf``,
+    Attributes (beyond :class:`~inference.vi.fit.NonFiniteError`'s ``step``, ``leaf``,
     ``result``):
         part: ``"langevin"`` (the revised samples), ``"energy"`` (the EBM's loss, gradient
             or update) or ``"flow"`` (the flow's loss, gradient or update).
@@ -203,7 +203,7 @@ def fit(
         ``(model, history)``: the trained model and a :class:`Metrics` of ``(steps,)`` arrays.
 
     Raises:
-        CoopFlowNonFiniteError: (a :class:`~inference.fit.NonFiniteError`) when a step's
+        CoopFlowNonFiniteError: (a :class:`~inference.vi.fit.NonFiniteError`) when a step's
             revised samples, energy step or flow step went non-finite; the message names
             the part and the step, and ``err.model`` / ``err.history`` hold the last
             finite model and the history before that step (no update of that step or after

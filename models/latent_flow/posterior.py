@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from inference import langevin
+from inference.mcmc import langevin
 
 from models.latent_flow.densities import _check_data, _log_likelihood, _log_prior, _prior_draws_jit, decode
 from models.latent_flow.model import LatentFlowModel, _as_key, _positive_float, _positive_int

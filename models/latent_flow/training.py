@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inference.fit import FitResult, NonFiniteError, all_finite
+from inference.vi.fit import FitResult, NonFiniteError, all_finite
 from inference.training import run_steps
 
 from models.latent_flow.densities import _check_data, _check_points, _log_likelihood, _prior_draws, _prior_draws_jit

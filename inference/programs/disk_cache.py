@@ -22,7 +22,7 @@ first). To clear it, delete the directory (:func:`cache_dir` says which one).
 A directory that cannot be created or written, or a write that fails later (a full disk),
 gives one warning and the run goes on without the disk cache.
 
-The same directory holds :mod:`inference.program_store` (``ppl-programs/``): our compiled
+The same directory holds :mod:`inference.programs.store` (``ppl-programs/``): our compiled
 programs, keyed before tracing. An executable JAX read back from its own cache cannot be
 written there again (on the CPU its re-serialization lacks the generated code, and fails
 when run), so a program the store still lacks is compiled once more with JAX's cache

@@ -26,7 +26,7 @@ guide runs, so the guide follows the shapes of the arguments it is given.
 
 Example:
     >>> import jax, numpyro, numpyro.distributions as dist, ppl
-    >>> from inference import guides
+    >>> from inference.vi import guides
     >>> def model(y=None):
     ...     s = numpyro.sample("s", dist.HalfNormal(1.0))
     ...     numpyro.sample("y", dist.Normal(0.0, s), obs=y)

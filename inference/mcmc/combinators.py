@@ -356,7 +356,7 @@ def compose(*kernels: SamplingAlgorithm, share_cache: bool = True) -> SamplingAl
 
     Example:
         >>> import jax, jax.numpy as jnp, blackjax
-        >>> from inference import langevin
+        >>> from inference.mcmc import langevin
         >>> logp = lambda x: -0.5 * jnp.sum(x**2)
         >>> alg = compose(langevin.mala(logp, 0.5), langevin.obabo(logp, 0.5), blackjax.mala(logp, 0.5))
         >>> state = alg.init(jnp.zeros(2), jax.random.key(0))
@@ -392,7 +392,7 @@ def cycle(kernels: Sequence[SamplingAlgorithm], share_cache: bool = True) -> Sam
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from inference import langevin
+        >>> from inference.mcmc import langevin
         >>> logp = lambda x: -0.5 * jnp.sum(x**2)
         >>> alg = cycle([langevin.mala(logp, 0.5), langevin.obabo(logp, 0.5, num_integration_steps=3)])
         >>> state = alg.init(jnp.zeros(2), jax.random.key(0))
@@ -424,7 +424,7 @@ def mixture(
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from inference import langevin
+        >>> from inference.mcmc import langevin
         >>> logp = lambda x: -0.5 * jnp.sum(x**2)
         >>> alg = mixture([langevin.mala(logp, 0.5), langevin.obabo(logp, 0.5)], [0.3, 0.7])
         >>> state, info = alg.step(jax.random.key(1), alg.init(jnp.zeros(2), jax.random.key(0)))

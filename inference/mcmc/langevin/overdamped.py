@@ -10,8 +10,8 @@ from blackjax.base import SamplingAlgorithm
 from jax.flatten_util import ravel_pytree
 
 
-from inference.langevin.common import _Metric, _as_int, _check_finite_init, _check_positive
-from inference.langevin.states import LangevinState, MALAInfo, ULAInfo
+from inference.mcmc.langevin.common import _Metric, _as_int, _check_finite_init, _check_positive
+from inference.mcmc.langevin.states import LangevinState, MALAInfo, ULAInfo
 
 
 def _overdamped_init(kernel: str, logdensity_fn: Callable) -> Callable:

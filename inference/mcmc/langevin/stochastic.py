@@ -10,8 +10,8 @@ from blackjax.base import SamplingAlgorithm
 from jax.flatten_util import ravel_pytree
 
 
-from inference.langevin.common import _Metric, _as_int, _check_positive, _concrete
-from inference.langevin.states import SGHMCState, SGInfo, SGLDState
+from inference.mcmc.langevin.common import _Metric, _as_int, _check_positive, _concrete
+from inference.mcmc.langevin.states import SGHMCState, SGInfo, SGLDState
 
 
 def minibatch_grad_estimator(

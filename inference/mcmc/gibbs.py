@@ -16,7 +16,7 @@ Block values:
   configurations when some term couples them (``jnp.roll``, a ``scan`` Markov chain, a
   matrix product; detected when the kernel is built) and ``K^n <= max_joint``, otherwise
   (with ``sequential=True``) one element at a time given the others, otherwise an error
-  naming the coupling terms. See :mod:`inference.gibbs_discrete`.
+  naming the coupling terms. See :mod:`inference.mcmc.gibbs_discrete`.
 * ``DiscreteMH(step_size=1, num_elements=1, num_steps=None)`` -- discrete sites, any
   support (e.g. Poisson): Metropolis steps that each move ``num_elements`` random elements
   (to a uniformly drawn other value for a finite support, by a random walk of up to
@@ -56,7 +56,7 @@ and runs under ``jax.vmap`` / ``jax.jit`` like any other.
 
 Example:
     >>> import functools, jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist
-    >>> from inference import langevin
+    >>> from inference.mcmc import langevin
     >>> def model(y=None):
     ...     mu = numpyro.sample("mu", dist.Normal(0.0, 3.0))
     ...     z = numpyro.sample("z", dist.Bernoulli(0.5))
@@ -81,11 +81,11 @@ from blackjax.base import SamplingAlgorithm
 
 from inference import progress as progress_lib
 from inference.arguments import CONCRETE_ERRORS, split_arguments, static_part
-from inference.compilation import compiling
-from inference.gibbs_model import _Model
-from inference.gibbs_discrete import DiscreteMH, Enumerate, _DiscreteMH, _Enumerator
-from inference.gibbs_tuning import DualAveraging, has_accept, initial_step_size
-from inference.kernels import _acceptance, info_n_grad
+from inference.programs.cache import compiling
+from inference.mcmc.gibbs_model import _Model
+from inference.mcmc.gibbs_discrete import DiscreteMH, Enumerate, _DiscreteMH, _Enumerator
+from inference.mcmc.gibbs_tuning import DualAveraging, has_accept, initial_step_size
+from inference.mcmc.combinators import _acceptance, info_n_grad
 from inference.sharding import constrain_leading, describe, gather, mesh_for
 from inference.method import Method
 from ppl.errors import ModelError
@@ -143,7 +143,7 @@ def _block_names(key: Any) -> tuple:
 
 def _make_blocks(m: _Model, blocks: dict, coupling: dict | None = None) -> list[_Block]:
     """The blocks; ``coupling`` is ``{site: {term: reason}}`` of an earlier coupling check
-    (see :class:`inference.gibbs_discrete._Enumerator`), for sites it has."""
+    (see :class:`inference.mcmc.gibbs_discrete._Enumerator`), for sites it has."""
     coupling = coupling or {}
     if not isinstance(blocks, dict) or not blocks:
         raise TypeError("gibbs: blocks must be a non-empty dict {site or (sites...): kernel}; got "
@@ -321,7 +321,7 @@ def gibbs(model: Callable, blocks: dict, *args: Any, **kwargs: Any) -> SamplingA
             sites in two blocks, ``Enumerate`` on a site without finite support, or a kernel
             kind that does not fit a site.
         ModelError: ``Enumerate`` on a site whose elements are coupled (see
-            :mod:`inference.gibbs_discrete`) with more than ``max_joint`` joint
+            :mod:`inference.mcmc.gibbs_discrete`) with more than ``max_joint`` joint
             configurations, naming the coupling sites; or model arguments that are tracers
             (the coupling check evaluates the model: build the kernel outside ``jax.jit``).
 
@@ -390,7 +390,7 @@ class Gibbs(Method):
 
     Example:
         >>> import functools, jax, numpyro, numpyro.distributions as dist, inference
-        >>> from inference import langevin
+        >>> from inference.mcmc import langevin
         >>> def model(y=None):
         ...     mu = numpyro.sample("mu", dist.Normal(0.0, 3.0))
         ...     z = numpyro.sample("z", dist.Bernoulli(0.5))

@@ -7,10 +7,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from inference import adaptation
+from inference.mcmc import adaptation
 
-from inference.langevin.overdamped import mala
-from inference.langevin.underdamped import obabo, underdamped
+from inference.mcmc.langevin.overdamped import mala
+from inference.mcmc.langevin.underdamped import obabo, underdamped
 
 
 _ADJUSTED_TARGET = {"mala": 0.574, "obabo": 0.75}

@@ -10,9 +10,9 @@ from blackjax.base import SamplingAlgorithm
 from jax.flatten_util import ravel_pytree
 
 
-from inference.langevin.common import _Metric, _as_int, _check_finite_init, _check_positive
-from inference.langevin.overdamped import _accept
-from inference.langevin.states import OBABOInfo, UnderdampedInfo, UnderdampedState
+from inference.mcmc.langevin.common import _Metric, _as_int, _check_finite_init, _check_positive
+from inference.mcmc.langevin.overdamped import _accept
+from inference.mcmc.langevin.states import OBABOInfo, UnderdampedInfo, UnderdampedState
 
 
 def _underdamped_init(kernel: str, logdensity_fn: Callable, inverse_mass_matrix: Any) -> Callable:

@@ -13,7 +13,7 @@ by Stan's windowed dual averaging to ``target_accept_prob`` with a diagonal (or 
 mass matrix; unadjusted ones (ULA, BAOAB, randomized midpoint, SGLD, SGHMC) by the same
 warmup with MALA for the mass matrix, then a step size from the bias rule
 ``tolerance`` (the stationary variance of a Gaussian is off by at most that relative
-amount; see :mod:`inference.adaptation`). With a ``step_size`` given, warmup steps are
+amount; see :mod:`inference.mcmc.adaptation`). With a ``step_size`` given, warmup steps are
 plain burn-in with that step size (and ``inverse_mass_matrix`` if given).
 
 Degenerate modes. The mode of a hierarchical model is often degenerate: the centred
@@ -21,9 +21,9 @@ funnel's is at ``y = -40.5`` where the ``x`` have scale ``e^-20``, and the baseb
 model's concentration ``kappa`` climbs without bound. A chain warmed up there tunes a
 collapsed step size and freezes (while its acceptance rate looks fine). So a chain whose
 tuned step size (that of the MALA warmup, for unadjusted kernels) comes out below
-``0.01 d^{-1/3}`` (:mod:`inference.warmup_checks`; MALA's optimal step is ``~1.4 d^{-1/3}``)
+``0.01 d^{-1/3}`` (:mod:`inference.methods.warmup_checks`; MALA's optimal step is ``~1.4 d^{-1/3}``)
 is warmed up again from its initial point without the climb (``tuning["warmup_restarted"]``,
-and a :class:`inference.warmup_checks.WarmupWarning`). After the run, a chain still
+and a :class:`inference.methods.warmup_checks.WarmupWarning`). After the run, a chain still
 collapsed, or one whose draws of a site never change (a start in a funnel's neck shrinks
 the mass matrix with the chain, hiding the collapse from the step size), gets a
 ``WarmupWarning`` naming the sites that barely move and where they sit.
@@ -62,7 +62,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inference import langevin, warmup_checks
+from inference.mcmc import langevin
+from inference.methods import warmup_checks
 from inference.chains import Sampler
 from inference.method import ChainMethod
 from ppl.potential import potential as make_potential
@@ -146,7 +147,7 @@ class _LangevinMethod(ChainMethod):
     def run(self, model: Callable, args: tuple, kwargs: dict, **options: Any) -> Any:
         """:meth:`ChainMethod.run`, then the warmup checks: a :class:`WarmupWarning` names
         chains whose warmup was restarted without the L-BFGS climb, and chains whose tuned
-        step size collapsed or whose draws never change (:mod:`inference.warmup_checks`)."""
+        step size collapsed or whose draws never change (:mod:`inference.methods.warmup_checks`)."""
         out = super().run(model, args, kwargs, **options)
         if self.step_size is None:
             samples, _, tuning, _ = out

@@ -112,7 +112,7 @@ def window_adaptation(
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from inference import langevin
+        >>> from inference.mcmc import langevin
         >>> logdensity = lambda x: -0.5 * jnp.sum(x**2 / jnp.array([1.0, 4.0]))
         >>> state, params = window_adaptation(langevin.mala, logdensity, jnp.zeros(2),
         ...                                   jax.random.key(0), 200, target=0.57)

@@ -4,7 +4,7 @@ lowering and compiling alike.
 JAX's persistent compilation cache (:mod:`inference.disk_cache`) is keyed by the lowered
 program, so a new process still traces and lowers every program before it can look it up
 (seconds for NUTS). This store is keyed by the *stable* digest of
-:func:`inference.compilation.program_key` (the fingerprint of the model, the method, the
+:func:`inference.programs.cache.program_key` (the fingerprint of the model, the method, the
 data's shapes, plus the library versions, our sources, the devices and JAX's settings), known
 before tracing, and holds the executable itself, serialized with JAX's public
 :mod:`jax.experimental.serialize_executable`.
@@ -53,7 +53,7 @@ from typing import Any
 
 import jax
 
-from inference import disk_cache
+from inference.programs import disk_cache
 
 __all__ = ["load", "save", "storable", "note_cache_hit", "wants_fresh_compile", "forget_marker",
            "directory", "SUBDIR", "ENV"]

@@ -1,6 +1,6 @@
 """A digest of everything that decides what a Python callable computes: compiled-program keys.
 
-``infer`` and ``fit`` keep compiled programs in memory (:mod:`inference.compilation`) keyed
+``infer`` and ``fit`` keep compiled programs in memory (:mod:`inference.programs.cache`) keyed
 by the model, the method and the shapes of the data. A key must change whenever the program
 would: a model redefined, a helper it calls edited, a closed-over constant or a module-level
 array it reads given a new value, a method setting changed. So a function is fingerprinted
@@ -23,14 +23,14 @@ so that a cache entry can keep them alive (an ``id`` is unique only while its ob
 
 Every fingerprint also has a *stable* digest, :attr:`Fingerprint.stable`, equal in every
 process for the same code and values (it keys programs kept on disk, see
-:mod:`inference.program_store`): where the in-process digest names a library object by its
+:mod:`inference.programs.store`): where the in-process digest names a library object by its
 ``id``, the stable one names it by where it is defined: library functions by module,
 qualified name, file, first line and bytecode; library classes and compiled library
 callables (ufuncs, builtins) by module and qualified name, only when that name leads back
 to the very object (a class made inside a factory has no such name). When something has no
 such name (an opaque attribute taken by identity, a ``repr`` that shows a memory address),
 ``stable`` is None: the program is kept in memory only. Library *versions* and our own
-sources are not part of it; :func:`inference.compilation.program_key` adds them.
+sources are not part of it; :func:`inference.programs.cache.program_key` adds them.
 
 Example:
     >>> def make(c):

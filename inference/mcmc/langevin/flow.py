@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 
-from inference.langevin.common import _check_positive
+from inference.mcmc.langevin.common import _check_positive
 
 
 def flow(

@@ -60,10 +60,10 @@ import optax
 from numpyro import handlers
 
 import ppl
-from inference import guides as guides_lib
+from inference.vi import guides as guides_lib
 from inference.arguments import split_arguments, static_part
-from inference.compilation import compiling
-from inference.fit import fit
+from inference.programs.cache import compiling
+from inference.vi.fit import fit
 from inference.progress import ProgressBar
 from inference.method import Method
 from ppl.errors import ModelError

@@ -3,17 +3,17 @@
 Every compiled program of ``infer`` and ``fit`` goes through :func:`compile_program`. It is
 kept in :data:`PROGRAMS`, a bounded in-memory LRU cache (the library's only in-memory one,
 :envvar:`PPL_JAX_PROGRAM_CACHE_SIZE` entries, default 64), under a key made of everything
-that changes the program: the :func:`inference.fingerprint.fingerprint` of the model and the
+that changes the program: the :func:`inference.programs.fingerprint.fingerprint` of the model and the
 method (code, closures, globals it reads, settings), the structure and static leaves of the
 data, the shapes and dtypes of its arrays, the run's sizes, the devices and the JAX flags
 that change tracing (``jax_enable_x64`` ...). Data arrays are inputs of the programs, not
 constants baked into them, so new data of the same shapes reuses the program. When some
 part cannot be fingerprinted the program is compiled afresh and not kept (never stale).
 
-Across processes, :mod:`inference.program_store` keeps the compiled executables on disk
+Across processes, :mod:`inference.programs.store` keeps the compiled executables on disk
 (under the disk cache's directory) keyed by a *stable* digest: the same fingerprint with
 library objects named by where they are defined instead of by ``id`` (see
-:attr:`inference.fingerprint.Fingerprint.stable`), plus everything outside the key that
+:attr:`inference.programs.fingerprint.Fingerprint.stable`), plus everything outside the key that
 could change the program in a new process (:func:`environment`: the versions of Python,
 JAX, jaxlib, NumPyro and the other libraries, the backend and its devices, the XLA flags
 and JAX settings, and a digest of the sources of ``ppl`` and ``inference``). A new process
@@ -51,8 +51,9 @@ import jax
 from jax import monitoring
 from tqdm.auto import tqdm
 
-from inference import disk_cache, program_store
-from inference.fingerprint import Unfingerprintable, fingerprint
+from inference.programs import disk_cache
+from inference.programs import store as program_store
+from inference.programs.fingerprint import Unfingerprintable, fingerprint
 
 __all__ = ["PROGRAMS", "ProgramCache", "compiling", "Compiling", "compile_program", "program_key",
            "ProgramKey", "abstract", "environment"]
@@ -62,7 +63,7 @@ class ProgramCache:
     """A bounded least-recently-used map from program keys to compiled programs.
 
     Each entry also keeps alive the objects its key names by identity (see
-    :class:`inference.fingerprint.Fingerprint`), so an id in a key is never reused by
+    :class:`inference.programs.fingerprint.Fingerprint`), so an id in a key is never reused by
     another object while the entry exists.
     """
 
@@ -305,7 +306,7 @@ class Compiling:
 
     Use :func:`compiling`. ``seconds`` is the time spent compiling (0 when every program
     came from memory); ``cache`` says where they came from: ``"memory"``, ``"disk"``
-    (:mod:`inference.program_store`, or JAX's persistent cache), ``"miss"`` (compiled), or
+    (:mod:`inference.programs.store`, or JAX's persistent cache), ``"miss"`` (compiled), or
     ``"off"`` (not cacheable).
     """
 
@@ -328,7 +329,7 @@ class Compiling:
         compiled with (a cached program keeps its own), for the caller to point at its bar.
         Such a program (host callbacks) is kept in memory only.
 
-        Looked up in :data:`PROGRAMS`, then in :mod:`inference.program_store` (no tracing),
+        Looked up in :data:`PROGRAMS`, then in :mod:`inference.programs.store` (no tracing),
         else traced, lowered and compiled (through JAX's persistent cache) and stored.
         """
         digest = stable = None

@@ -1,4 +1,4 @@
-"""The model side of :mod:`inference.gibbs`: latent sites, their spaces and log densities.
+"""The model side of :mod:`inference.mcmc.gibbs`: latent sites, their spaces and log densities.
 
 :class:`_Model` wraps a NumPyro model with its arguments: it traces it once, lists its latent
 sites (continuous ones on the unconstrained scale of NumPyro's ``biject_to`` of the support,

@@ -1,4 +1,4 @@
-"""Step-size tuning of the continuous blocks of :class:`inference.gibbs.Gibbs` during warmup.
+"""Step-size tuning of the continuous blocks of :class:`inference.mcmc.gibbs.Gibbs` during warmup.
 
 A block is tunable when its kernel factory takes a ``step_size`` keyword
 (:func:`initial_step_size`) and its kernel reports a real acceptance rate
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 
-from inference.kernels import CombinedInfo, CountedInfo, _acceptance
+from inference.mcmc.combinators import CombinedInfo, CountedInfo, _acceptance
 
 __all__ = ["initial_step_size", "has_accept", "DualAveraging"]
 
@@ -29,7 +29,7 @@ def initial_step_size(spec: Callable) -> float | None:
 
     Example:
         >>> import functools
-        >>> from inference import langevin
+        >>> from inference.mcmc import langevin
         >>> initial_step_size(functools.partial(langevin.mala, step_size=0.3))
         0.3
     """
@@ -55,7 +55,7 @@ def has_accept(info: Any) -> bool:
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from inference import langevin
+        >>> from inference.mcmc import langevin
         >>> alg = langevin.ula(lambda x: -0.5 * jnp.sum(x**2), 0.1)
         >>> has_accept(alg.step(jax.random.key(0), alg.init(jnp.zeros(2)))[1])
         False

@@ -24,12 +24,12 @@ Kernels: :func:`ula`, :func:`mala`, :func:`underdamped` (BAOAB), :func:`obabo` (
 
 from __future__ import annotations
 
-from inference.langevin.states import LangevinState, UnderdampedState, SGLDState, SGHMCState, ULAInfo, MALAInfo, UnderdampedInfo, OBABOInfo, SGInfo  # noqa: F401
-from inference.langevin.overdamped import ula, mala, _accept  # noqa: F401
-from inference.langevin.underdamped import underdamped, obabo, randomized_midpoint, _ou_noise  # noqa: F401
-from inference.langevin.stochastic import sgld, sghmc, minibatch_grad_estimator  # noqa: F401
-from inference.langevin.tuning import adapt  # noqa: F401
-from inference.langevin.flow import flow  # noqa: F401
+from inference.mcmc.langevin.states import LangevinState, UnderdampedState, SGLDState, SGHMCState, ULAInfo, MALAInfo, UnderdampedInfo, OBABOInfo, SGInfo  # noqa: F401
+from inference.mcmc.langevin.overdamped import ula, mala, _accept  # noqa: F401
+from inference.mcmc.langevin.underdamped import underdamped, obabo, randomized_midpoint, _ou_noise  # noqa: F401
+from inference.mcmc.langevin.stochastic import sgld, sghmc, minibatch_grad_estimator  # noqa: F401
+from inference.mcmc.langevin.tuning import adapt  # noqa: F401
+from inference.mcmc.langevin.flow import flow  # noqa: F401
 
 __all__ = [
     "LangevinState",

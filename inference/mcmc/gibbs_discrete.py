@@ -1,4 +1,4 @@
-r"""The discrete blocks of :mod:`inference.gibbs`: exact enumeration and discrete Metropolis.
+r"""The discrete blocks of :mod:`inference.mcmc.gibbs`: exact enumeration and discrete Metropolis.
 
 **Enumeration, element-wise or joint.** A discrete site with batch shape (mixture
 assignments ``z`` of shape ``(N,)`` under ``numpyro.plate``) is drawn *element-wise* when
@@ -67,7 +67,7 @@ class Enumerate:
     elements are conditionally independent, and jointly (``K^n`` evaluations) when some
     term couples them and ``K^n <= max_joint``; beyond that, with ``sequential=True``, one
     element at a time given the others (``n K`` evaluations), and otherwise building the
-    kernel is an error that names the coupling terms (see :mod:`inference.gibbs_discrete`).
+    kernel is an error that names the coupling terms (see :mod:`inference.mcmc.gibbs_discrete`).
 
     Example:
         >>> Enumerate(max_joint=64).max_joint
@@ -175,7 +175,7 @@ class _Enumerator:
     """Exact conditional draw of one discrete site: element-wise, or jointly if coupled.
 
     ``coupling``: ``{term: reason}`` from an earlier check of the same model (the check
-    needs concrete arguments; :class:`inference.gibbs.Gibbs` runs it on the real data and
+    needs concrete arguments; :class:`inference.mcmc.gibbs.Gibbs` runs it on the real data and
     passes the result into its compiled program); ``None`` runs the check here.
     """
 
