@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax import monitoring
 
 
 def machine_info() -> dict[str, Any]:
@@ -54,3 +55,49 @@ def median_summary(reps: list[dict[str, Any]]) -> dict[str, Any]:
 
 def safe_ratio(a: float, b: float) -> float | None:
     return None if not b else a / b
+
+
+# JAX reports every tracing to a jaxpr, lowering to MLIR and XLA compilation through
+# jax.monitoring (the same events that ``jax.log_compiles()`` prints).
+_COMPILE_EVENTS = frozenset(
+    {
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    }
+)
+
+
+class CompileClock:
+    """Seconds spent tracing/lowering/compiling inside a ``with`` block, from JAX's own events.
+
+    Spans are merged before summing, so a trace nested in another trace counts once.
+    ``events`` counts the XLA compilations (``backend_compile``) seen.
+    """
+
+    def __init__(self) -> None:
+        self._spans: list[tuple[float, float]] = []
+        self.events = 0
+
+    def _listener(self, event: str, start_time: float, end_time: float, **kwargs: Any) -> None:
+        if event in _COMPILE_EVENTS:
+            self._spans.append((start_time, end_time))
+            if event.endswith("backend_compile_duration"):
+                self.events += 1
+
+    def __enter__(self) -> "CompileClock":
+        monitoring.register_event_time_span_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        monitoring.unregister_event_time_span_listener(self._listener)
+
+    @property
+    def seconds(self) -> float:
+        total, end = 0.0, float("-inf")
+        for s, e in sorted(self._spans):
+            if e <= end:
+                continue
+            total += e - max(s, end)
+            end = e
+        return total

@@ -136,7 +136,7 @@ def _ours(model, data, invariant, seed, num_warmup, num_samples, num_chains) -> 
 def _numpyro(model, data, invariant, seed, num_warmup, num_samples, num_chains) -> dict[str, Any]:
     from numpyro.infer import MCMC, NUTS
 
-    from bench.run import CompileClock
+    from bench.common import CompileClock
 
     mcmc = MCMC(NUTS(model), num_warmup=num_warmup, num_samples=num_samples,
                 num_chains=num_chains, chain_method="vectorized", progress_bar=False)

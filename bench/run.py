@@ -29,67 +29,16 @@ sys.path.insert(0, str(ROOT))
 import arviz  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from jax import monitoring  # noqa: E402
 from numpyro.handlers import seed, trace  # noqa: E402
 from numpyro.infer import MCMC  # noqa: E402
 from numpyro.infer import NUTS as NumPyroNUTS  # noqa: E402
 
 import inference  # noqa: E402
-from bench.common import machine_info, median_summary, safe_ratio  # noqa: E402
+from bench.common import CompileClock, machine_info, median_summary, safe_ratio  # noqa: E402
 from bench.models import MODELS  # noqa: E402
 from bench.startup import STARTUP_MODELS  # noqa: E402
 
 RESULTS_DIR = HERE / "results"
-
-
-# ---------------------------------------------------------------------------------------
-# clocks
-# ---------------------------------------------------------------------------------------
-
-# JAX reports every tracing to a jaxpr, lowering to MLIR and XLA compilation through
-# jax.monitoring (the same events that ``jax.log_compiles()`` prints).
-_COMPILE_EVENTS = frozenset(
-    {
-        "/jax/core/compile/jaxpr_trace_duration",
-        "/jax/core/compile/jaxpr_to_mlir_module_duration",
-        "/jax/core/compile/backend_compile_duration",
-    }
-)
-
-
-class CompileClock:
-    """Seconds spent tracing/lowering/compiling inside a ``with`` block, from JAX's own events.
-
-    Spans are merged before summing, so a trace nested in another trace counts once.
-    ``events`` counts the XLA compilations (``backend_compile``) seen.
-    """
-
-    def __init__(self) -> None:
-        self._spans: list[tuple[float, float]] = []
-        self.events = 0
-
-    def _listener(self, event: str, start_time: float, end_time: float, **kwargs: Any) -> None:
-        if event in _COMPILE_EVENTS:
-            self._spans.append((start_time, end_time))
-            if event.endswith("backend_compile_duration"):
-                self.events += 1
-
-    def __enter__(self) -> "CompileClock":
-        monitoring.register_event_time_span_listener(self._listener)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        monitoring.unregister_event_time_span_listener(self._listener)
-
-    @property
-    def seconds(self) -> float:
-        total, end = 0.0, float("-inf")
-        for s, e in sorted(self._spans):
-            if e <= end:
-                continue
-            total += e - max(s, end)
-            end = e
-        return total
 
 
 # ---------------------------------------------------------------------------------------

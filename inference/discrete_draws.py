@@ -23,6 +23,9 @@ from inference.programs.cache import compiling
 from inference.scan_chain import Chain, backward_sample, chain_of
 from ppl.enumeration import Enumeration, fresh_infer
 
+#: Folded into a run's key for the draws of enumerated discrete sites (infer, extend).
+DRAWS_KEY = 0xD15C
+
 
 def _one_draw(model: Callable, enumeration: Enumeration, chain: "Chain | None",
               names: list[str], data: tuple, values: dict, key: jax.Array) -> dict:

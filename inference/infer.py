@@ -7,7 +7,7 @@ from typing import Any, Callable
 import jax
 
 from inference.arguments import as_arrays, as_key, positive_int
-from inference.discrete_draws import draw_discrete
+from inference.discrete_draws import DRAWS_KEY, draw_discrete
 from inference.scan_chain import chain_of
 from inference.diagnostics import warn_all
 from inference.method import ChainMethod, Method, all_methods
@@ -38,8 +38,7 @@ def _check_method(method: Any) -> Method:
     )
 
 
-#: Folded into the run's key for the draws of enumerated discrete sites.
-_DISCRETE_DRAWS = 0xD15C
+_DISCRETE_DRAWS = DRAWS_KEY  # kept under its old name
 
 
 def _enumeration(model: Callable, args: tuple, kwargs: dict, trace: dict, method: Method):

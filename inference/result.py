@@ -172,8 +172,7 @@ class Result:
         """The enumerated discrete sites (which the chains sum out) for the new draws, from
         their exact conditionals, as ``infer`` draws them (with a key of their own)."""
         from inference.arguments import as_key
-        from inference.discrete_draws import draw_discrete
-        from inference.infer import _DISCRETE_DRAWS
+        from inference.discrete_draws import DRAWS_KEY, draw_discrete
         from ppl.enumeration import enumeration_of
         from ppl.tracing import latent_sites, trace_model
 
@@ -183,7 +182,7 @@ class Result:
         if enumeration is None:
             return samples, timing
         base = self.state.run_key() if key is None else as_key(key)
-        draw_key = jax.random.fold_in(jax.random.fold_in(base, _DISCRETE_DRAWS), self.state.t)
+        draw_key = jax.random.fold_in(jax.random.fold_in(base, DRAWS_KEY), self.state.t)
         continuous = [n for n in latent_sites(trace) if n not in enumeration.sites]
         draws, seconds = draw_discrete(self.model, args, kwargs, samples, enumeration,
                                        continuous, draw_key)

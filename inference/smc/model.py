@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +12,6 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
 from inference.smc.checks import lapack_ops
-
-if TYPE_CHECKING:  # the method module imports this one
-    from inference.smc.method import SMC
 
 from inference.smc.moves import _probe, _resolve_kernel
 
@@ -74,7 +71,7 @@ def _prior_draw(model: Callable, args: tuple, kwargs: dict, sites: list[str], ke
             for name in sites}
 
 
-def _lapack_in_smc(method: "SMC", model: Callable, args: tuple, kwargs: dict, sites: list[str],
+def _lapack_in_smc(method: Any, model: Callable, args: tuple, kwargs: dict, sites: list[str],
                    u0: dict) -> set[str]:
     """LAPACK-backed primitives in the prior draws, the target or the move (traced, not run)."""
     logprior, loglik = _split_potential(model, args, kwargs, sites)
