@@ -116,6 +116,7 @@ def test_a_cached_program_uses_the_new_key(first_run):
     assert not np.allclose(np.asarray(other.samples["mu"]), np.asarray(first.samples["mu"]))
 
 
+@pytest.mark.slow  # slow suite (issue 12: a 5-minute default suite); siblings in this file cover the same code by default
 def test_a_new_shape_or_method_setting_compiles_anew(first_run):
     y, _ = first_run
     longer = inference.infer(conjugate, jnp.concatenate([y, y]), key=0, **KW)

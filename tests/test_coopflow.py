@@ -59,6 +59,7 @@ def _tiny(dim=2, **kw):
 # ----------------------------------------------------------------------------------------
 # (1) the flow's maximum-likelihood step
 # ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # slow suite (issue 12: a 5-minute default suite); siblings in this file cover the same code by default
 def test_flow_ml_step_increases_log_q_of_fixed_samples():
     model = coopflow.init(jax.random.key(0), 2, flow_kind="affine_coupling", flow_layers=1,
                           flow_width=8, energy_width=8, energy_depth=1)

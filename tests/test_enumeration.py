@@ -313,6 +313,7 @@ def test_hmm_draws_through_scan_match_exact_marginals():
         assert abs(np.mean(x[:, 0] * x[:, 1]) - both) <= 4 * np.sqrt(both * (1 - both) / n)
 
 
+@pytest.mark.slow  # slow suite (issue 12: a 5-minute default suite); siblings in this file cover the same code by default
 def test_nested_plate_draws_match_exact_marginals():
     """NumPyro's infer_discrete for two enumerated sites in nested plates, against brute
     force over the 2^(2+6) joint values of (a, b): P(a_i = 1), P(b_ij = 1) within 4 se."""

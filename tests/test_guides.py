@@ -92,6 +92,7 @@ def test_mvn_guide_log_q_is_the_joint_density():
     np.testing.assert_allclose(errors, 0.0, atol=5e-4)  # float32 round-off only
 
 
+@pytest.mark.slow  # slow suite (issue 12: a 5-minute default suite); siblings in this file cover the same code by default
 def test_mvn_guide_draws_have_the_joint_covariance():
     """Site-by-site conditional draws must give u ~ MVN(loc, L L^T) jointly."""
     guide = guides.mvn(model)

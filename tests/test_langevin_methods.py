@@ -58,12 +58,11 @@ EXACT = {
 }
 
 
-# Each case is ~10-15 s on 2 cores, nearly all of it compiling. MALA and OBABO run in the
-# slow suite: the default suite still runs both through infer (test_constrained_sites_and_
-# deterministic, test_stats_and_gradient_counts and the MALA / Underdamped doctests); BAOAB,
-# which nothing else runs through infer, keeps its full check here.
+# Each case is ~10-15 s on 2 cores, nearly all of it compiling: all run in the slow suite
+# (issue 12: a 5-minute default suite). The default suite runs MALA and OBABO through infer
+# in their doctests (inference.methods.langevin.MALA / Underdamped).
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) if n in ("MALA", "OBABO") else n for n in sorted(EXACT)])
+    pytest.param(n, marks=pytest.mark.slow) for n in sorted(EXACT)])  # ~10-15 s each (issue 12)
 def test_exact_on_gaussian(name):
     r = inference.infer(gaussian, method=EXACT[name], num_samples=1500, num_warmup=500,
                         num_chains=4, key=jax.random.key(1), progress=False)
@@ -92,6 +91,7 @@ def test_unadjusted_bias_within_tolerance(name):
         assert COV[i, i] - Z * se_m2 < m2 < COV[i, i] * (1 + tol) + Z * se_m2, (name, i, m2, se_m2)
 
 
+@pytest.mark.slow  # slow suite: tests/test_langevin_trust.py checks the counts exactly by default (issue 12)
 def test_stats_and_gradient_counts():
     r = inference.infer(gaussian, method=inference.Underdamped(adjusted=True, num_integration_steps=3,
                                                                thinning=2),
@@ -122,6 +122,7 @@ def test_fixed_step_size_skips_tuning_and_is_reproducible():
     np.testing.assert_allclose(a.stats["step_size"], 0.3)
 
 
+@pytest.mark.slow  # slow suite: MALA runs through infer in its doctest (issue 12)
 def test_constrained_sites_and_deterministic():
     def model(y=None):
         s = numpyro.sample("s", dist.HalfNormal(2.0))
@@ -248,6 +249,7 @@ def test_no_warmup_needs_a_step_size():
         inference.infer(gaussian, method=inference.MALA(), num_warmup=0, progress=False)
 
 
+@pytest.mark.slow  # slow suite (issue 12: a 5-minute default suite); siblings in this file cover the same code by default
 def test_nonfinite_density_everywhere_names_the_site():
     def model():
         x = numpyro.sample("x", dist.Normal(0.0, 1.0))

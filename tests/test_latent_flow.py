@@ -123,6 +123,7 @@ def run_updates(model, x, z, optimizers, n):
     return many(model, state)
 
 
+@pytest.mark.slow  # slow suite (issue 12: a 5-minute default suite); siblings in this file cover the same code by default
 def test_prior_step_increases_log_q_of_fixed_latents():
     # Latents far from N(0, I): shifted, scaled and bent (a banana), 512 of them.
     e = jax.random.normal(jax.random.key(0), (512, 2))
@@ -153,6 +154,7 @@ def test_prior_step_increases_log_q_of_fixed_latents():
 # ----------------------------------------------------------------------------------------
 # (3) the generator step
 # ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # slow suite (issue 12: a 5-minute default suite); siblings in this file cover the same code by default
 def test_generator_step_increases_log_likelihood():
     kz, kx, kn = jax.random.split(jax.random.key(3), 3)
     z = jax.random.normal(kz, (256, 2))
@@ -306,8 +308,8 @@ def nan_after(n_ok):
         lambda count: jnp.where(count >= n_ok, jnp.nan, 1.0)))
 
 
-# the generator case runs in the slow suite (issue 12); "prior" checks the same guard by default.
-@pytest.mark.parametrize("part", [pytest.param("generator", marks=pytest.mark.slow), "prior"])
+# both cases run in the slow suite (issue 12); tests/test_fit_trust.py checks the shared loop's guard by default.
+@pytest.mark.parametrize("part", [pytest.param("generator", marks=pytest.mark.slow), pytest.param("prior", marks=pytest.mark.slow)])
 def test_fit_names_the_non_finite_part_and_keeps_last_good_model(part):
     m = small_model()
     x = jax.random.normal(jax.random.key(0), (16, 3))

@@ -411,6 +411,7 @@ def test_learned_irmh_corrects_a_wrong_flow_on_conjugate_normal():
     assert r.to_arviz() is not None
 
 
+@pytest.mark.slow  # slow suite (issue 12: a 5-minute default suite); siblings in this file cover the same code by default
 def test_learned_iid_draws_layout_and_weights():
     """correct=None: i.i.d. flow draws laid out (chains, draws), with log weights; a flow
     trained on the wrong law is visibly off in the weights' diagnostics."""

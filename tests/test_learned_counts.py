@@ -7,6 +7,7 @@ run; it now spreads the source's recorded count evenly over the draws (as SMC do
 """
 
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -27,6 +28,7 @@ def model(y=None):
 Y = jnp.array([1.0, 2.0, 3.0])
 
 
+@pytest.mark.slow  # slow suite: a NUTS run plus a flow fit; tests/test_gradient_counts.py checks NUTS's counts by default (issue 12)
 def test_learned_counts_the_gradients_of_the_nuts_source():
     method = Learned(source=inference.NUTS(), source_samples=50, source_warmup=50,
                      source_chains=2, **FLOW)

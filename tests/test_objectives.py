@@ -172,6 +172,7 @@ def exact_iwae_discrete(logit, K, x=X):
     return jnp.sum(jnp.exp(jnp.sum(log_q, 1)) * bound)
 
 
+@pytest.mark.slow  # slow suite (issue 12: a 5-minute default suite); siblings in this file cover the same code by default
 def test_vimco_gradient_is_unbiased_with_lower_variance_than_reinforce():
     K, logit = 3, 0.4
     params = {"logit": jnp.array(logit)}

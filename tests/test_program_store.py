@@ -237,6 +237,7 @@ DIGESTS = """
 """
 
 
+@pytest.mark.slow  # slow suite: two fresh processes; the default suite loads stored programs in a new process (issue 12)
 def test_the_stable_digest_is_the_same_in_every_process(tmp_path):
     (tmp_path / "model_a.py").write_text(MODEL_FILE.format(scale="1.0"))
     (tmp_path / "model_b.py").write_text(MODEL_FILE.format(scale="2.0"))  # other code

@@ -104,6 +104,7 @@ def _replace_state(result, state):
     return dataclasses.replace(result, state=state)
 
 
+@pytest.mark.slow  # slow suite (issue 12: a 5-minute default suite); siblings in this file cover the same code by default
 def test_extend_twice_equals_extend_once_and_keys_give_the_same_extension(base):
     once = base.extend(2 * 20, progress=False, diagnostics=False)
     twice = base.extend(20, progress=False, diagnostics=False).extend(

@@ -81,6 +81,7 @@ def test_bad_shapes_are_errors():
         two_moons_mixture().posterior(jnp.ones((1, 3)), jnp.ones(1), jnp.ones((1, 1)))
 
 
+@pytest.mark.slow  # slow suite (issue 12: a 5-minute default suite); siblings in this file cover the same code by default
 def test_networks_shapes_and_errors():
     assert mlp_2d(jax.random.key(0))(jnp.ones(2), 0.1).shape == (2,)
     net = digits_net(jax.random.key(0), hidden=16, depth=1)

@@ -86,6 +86,7 @@ def test_default_device_count_on_accelerators_and_cpus():
     assert default_device_count(cpus, 4) == 1
 
 
+@pytest.mark.slow  # slow suite: a 4-device subprocess (~20 s); the default suite keeps the device-count rules (issue 12)
 def test_data_parallel_fit_matches_single_device(fast_checks):
     out = fast_checks["fit"]
     assert out["param_devices"] == 4  # parameters replicated on every device

@@ -349,7 +349,7 @@ class ULA(_LangevinMethod):
         >>> import numpyro.distributions as dist, ppl, inference
         >>> def model():
         ...     ppl.sample("x", dist.Normal(0.0, 1.0))
-        >>> r = inference.infer(model, method=inference.ULA(), num_samples=200,
+        >>> r = inference.infer(model, method=inference.ULA(step_size=0.1), num_samples=200,
         ...                     num_warmup=200, num_chains=2, progress=False)
         >>> r.samples["x"].shape, int(r.stats["n_grad"][0, 0])
         ((2, 200), 1)
@@ -457,7 +457,8 @@ class RandomizedMidpoint(_LangevinMethod):
         >>> import numpyro.distributions as dist, ppl, inference
         >>> def model():
         ...     ppl.sample("x", dist.Normal(0.0, 1.0))
-        >>> r = inference.infer(model, method=inference.RandomizedMidpoint(), num_samples=100,
+        >>> r = inference.infer(model, method=inference.RandomizedMidpoint(step_size=0.3),
+        ...                     num_samples=100,
         ...                     num_warmup=200, num_chains=2, progress=False)
         >>> int(r.stats["n_grad"][0, 0])
         2
@@ -523,7 +524,7 @@ class SGLD(_StochasticGradientMethod):
         ...     with numpyro.plate("data", y.shape[0], subsample_size=20) as idx:
         ...         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
         >>> y = 1.0 + jax.random.normal(jax.random.key(0), (200,))
-        >>> r = inference.infer(model, y, method=inference.SGLD(batch_size=50),
+        >>> r = inference.infer(model, y, method=inference.SGLD(batch_size=50, step_size=1e-3),
         ...                     num_samples=300, num_warmup=300, num_chains=2, progress=False)
         >>> abs(float(r.samples["mu"].mean()) - float(y.mean())) < 0.3
         True
@@ -554,7 +555,7 @@ class SGHMC(_StochasticGradientMethod):
         ...     with numpyro.plate("data", y.shape[0], subsample_size=50) as idx:
         ...         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
         >>> y = 1.0 + jax.random.normal(jax.random.key(0), (200,))
-        >>> r = inference.infer(model, y, method=inference.SGHMC(), num_samples=300,
+        >>> r = inference.infer(model, y, method=inference.SGHMC(step_size=1e-3), num_samples=300,
         ...                     num_warmup=300, num_chains=2, progress=False)
         >>> r.samples["mu"].shape
         (2, 300)
