@@ -10,7 +10,7 @@ from inference.arguments import as_arrays, as_key, positive_int
 from inference.discrete_draws import DRAWS_KEY, draw_discrete
 from inference.scan_chain import chain_of
 from inference.diagnostics import warn_all
-from inference.method import ChainMethod, Method, all_methods
+from inference.method import Method, Request, all_methods
 from inference.methods.nuts import NUTS
 from inference.result import Result
 from ppl.enumeration import enumeration_of, unmarked_discrete_sites, unmarked_error
@@ -51,9 +51,8 @@ def _enumeration(model: Callable, args: tuple, kwargs: dict, trace: dict, method
     enumeration = enumeration_of(model, tuple(args), dict(kwargs), trace)
     if enumeration is None:
         return None
-    if not getattr(method, "sums_out_enumerated", isinstance(method, ChainMethod)):
-        capable = [m.__name__ for m in all_methods()
-                   if getattr(m, "sums_out_enumerated", issubclass(m, ChainMethod))]
+    if not method.sums_out_enumerated:
+        capable = [m.__name__ for m in all_methods() if m.sums_out_enumerated]
         raise ModelError(
             f"model {model_name(model)} has enumerated discrete site(s) "
             f"{list(enumeration.sites)}, which {type(method).__name__} does not sum out yet "
@@ -234,20 +233,11 @@ def infer(
             + ", ".join(capable) + "."
         )
 
-    chain_options = {"init_params": init_params, "checkpoint": checkpoint,
-                     "checkpoint_every": checkpoint_every}
-    given = {k: v for k, v in chain_options.items() if v is not None}
-    if given and not isinstance(method, ChainMethod):
-        raise TypeError(
-            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} accepted by MCMC methods "
-            f"(inference.ChainMethod: NUTS, MALA, ULA, Underdamped, RandomizedMidpoint, SGLD, "
-            f"SGHMC), not by {type(method).__name__}; drop {'it' if len(given) == 1 else 'them'} "
-            "or use one of those methods.")
-    outputs = method.run(
-        model, tuple(args), dict(kwargs), key=key, num_samples=num_samples,
-        num_warmup=num_warmup, num_chains=num_chains, progress=progress, devices=devices,
-        trace=trace if model is traced_model else None, **given,
-    )
+    request = Request(key=key, num_samples=num_samples, num_warmup=num_warmup,
+                      num_chains=num_chains, progress=progress, devices=devices,
+                      trace=trace if model is traced_model else None, init_params=init_params,
+                      checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    outputs = method.run(model, tuple(args), dict(kwargs), request)
     samples, stats, tuning, timing = outputs
     if enumeration is not None:
         # Each enumerated site drawn from its exact conditional given each continuous draw.

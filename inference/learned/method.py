@@ -22,8 +22,11 @@ from inference.learned.fitting import fit_flow_matching_to_draws, fit_flow_to_dr
 from inference.learned.flow import Flow
 from inference.learned.flow_matching_sampler import FlowMatchingSampler
 from inference.learned.sampling import _iid, _irmh_chains
-from inference.method import Method
+from inference.method import Method, Outputs, Request
+from ppl.enumeration import enumeration_of
+from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
+from ppl.tracing import trace_model
 
 __all__ = ["Learned"]
 
@@ -113,6 +116,7 @@ class Learned(Method):
     handles_discrete: ClassVar[bool] = False
     #: Its density is ``ppl.potential``'s: enumerated discrete sites are summed out (infer).
     sums_out_enumerated: ClassVar[bool] = True
+    splits_devices: ClassVar[bool] = False
 
     def __post_init__(self):
         from inference.methods.nuts import NUTS
@@ -194,9 +198,8 @@ class Learned(Method):
                 raise ValueError(_NO_DENSITY.format(what=type(flow).__name__))
 
     # -- pieces ------------------------------------------------------------------------
-    def _source_draws(self, model, args, kwargs, pot, key, progress):
+    def _source_draws(self, model, args, kwargs, pot, request):
         """``(draws (n, D) or None, source Result or None, a VI flow or None)``."""
-        from inference.infer import infer
         from inference.result import Result
         from inference.vi import VI
 
@@ -207,9 +210,23 @@ class Learned(Method):
             return _draws_for(pot, source, "Learned(source=dict)"), None, None
         if not _is_method(source):
             return _as_points("Learned(source=array)", source, pot.dimension), None, None
-        result = infer(model, *args, method=source, num_samples=self.source_samples,
-                       num_warmup=self.source_warmup, num_chains=self.source_chains, key=key,
-                       progress=progress, **kwargs)
+        if not source.sums_out_enumerated:
+            trace = request.trace or trace_model(model, *args, **kwargs)
+            enumeration = enumeration_of(model, args, kwargs, trace)
+            if enumeration is not None:
+                raise ModelError(
+                    f"Learned(source={type(source).__name__}()): the model's enumerated "
+                    f"site(s) {list(enumeration.sites)} are not summed out by "
+                    f"{type(source).__name__}; use a source that sums them out, such as "
+                    "NUTS().")
+        # The source runs through the same protocol as any method infer runs.
+        sub = Request(key=request.key, num_samples=self.source_samples,
+                      num_warmup=self.source_warmup, num_chains=self.source_chains,
+                      progress=request.progress, trace=request.trace)
+        samples, stats, tuning, timing = source.run(model, args, kwargs, sub)
+        result = Result(samples=dict(samples), stats=stats, method=source, tuning=tuning,
+                        timing=timing, model=model, model_args=tuple(args),
+                        model_kwargs=dict(kwargs))
         if isinstance(source, VI) and source.guide == "flow":
             return None, result, flow_from_vi(result)
         return _draws_for(pot, result.samples, "Learned(source)"), result, None
@@ -229,34 +246,19 @@ class Learned(Method):
         return r.flow, r.losses
 
     # -- the infer hook ----------------------------------------------------------------
-    def run(
-        self,
-        model: Callable,
-        args: tuple,
-        kwargs: dict,
-        *,
-        key: jax.Array,
-        num_samples: int,
-        num_chains: int,
-        num_warmup: int = 1000,
-        progress: bool = True,
-        devices: Any = None,
-        trace: dict | None = None,
-    ) -> tuple[dict, dict, dict, dict]:
+    def draw(self, model: Callable, args: tuple, kwargs: dict, request: Request) -> Outputs:
         """Source, fit, draw: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`."""
-        if devices is not None:
-            raise ValueError(
-                f"infer: {type(self).__name__} does not split its work over devices; "
-                "leave devices=None (its chains, if any, run on the default device)."
-            )
+        num_samples, num_warmup, num_chains = (request.num_samples, request.num_warmup,
+                                               request.num_chains)
+        progress = request.progress
         pot = make_potential(model, *args, **kwargs)
-        k_src, k_fit, k_run = jax.random.split(key, 3)
+        k_src, k_fit, k_run = jax.random.split(request.key, 3)
         timing: dict[str, float] = {}
         tuning: dict[str, Any] = {}
         t0 = time.perf_counter()
         if isinstance(self.flow, str):
-            draws, source_result, vi_flow = self._source_draws(model, args, kwargs, pot, k_src,
-                                                               progress)
+            draws, source_result, vi_flow = self._source_draws(
+                model, args, kwargs, pot, request._replace(key=k_src))
             t1 = time.perf_counter()
             timing["source"] = t1 - t0
             if source_result is not None:
@@ -301,7 +303,7 @@ class Learned(Method):
                 f"{diagnostics['pareto_k']:.2f} > 0.7: the flow's tails are lighter than the "
                 "posterior's. " + ("IRMH is still exact but may mix slowly: check the ESS."
                                    if self.correct else "The i.i.d. draws are unreliable; use "
-                                   "correct='irmh'."), stacklevel=3)
+                                   "correct='irmh'."), stacklevel=4)
         return samples, stats, tuning, timing
 
 

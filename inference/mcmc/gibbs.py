@@ -87,7 +87,7 @@ from inference.mcmc.gibbs_discrete import DiscreteMH, Enumerate, _DiscreteMH, _E
 from inference.mcmc.gibbs_tuning import DualAveraging, has_accept, initial_step_size
 from inference.mcmc.combinators import _acceptance, info_n_grad
 from inference.sharding import constrain_leading, describe, gather, mesh_for
-from inference.method import Method
+from inference.method import Method, Outputs, Request
 from ppl.errors import ModelError
 
 __all__ = ["Enumerate", "DiscreteMH", "GibbsState", "GibbsInfo", "gibbs", "Gibbs",
@@ -425,26 +425,16 @@ class Gibbs(Method):
             raise ValueError(f"Gibbs(target_accept_prob={t!r}): must be a number in (0, 1), "
                              "e.g. 0.574 for MALA or 0.75 for kinetic kernels.")
 
-    def run(
-        self,
-        model: Callable,
-        args: tuple,
-        kwargs: dict,
-        *,
-        key: jax.Array,
-        num_samples: int,
-        num_warmup: int,
-        num_chains: int,
-        progress: bool = True,
-        devices: Any = None,
-        trace: dict | None = None,
-    ) -> tuple[dict, dict, dict, dict]:
+    def draw(self, model: Callable, args: tuple, kwargs: dict, request: Request) -> Outputs:
         """Run the chains: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`.
 
         ``devices``: the chains split over devices (see :mod:`inference.sharding`).
         """
+        key, num_samples, num_warmup, num_chains = (request.key, request.num_samples,
+                                                    request.num_warmup, request.num_chains)
+        progress = request.progress
         m = _Model(model, args, kwargs)  # checks the model and blocks on the real data
-        mesh = mesh_for(devices, int(num_chains), what="chains", owner="Gibbs")
+        mesh = mesh_for(request.devices, int(num_chains), what="chains", owner="Gibbs")
         sampler = _Sampler(m, self.blocks)  # checks enumerated sites for coupling
         coupling = sampler.coupling()
         W, S, C = int(num_warmup), int(num_samples), int(num_chains)

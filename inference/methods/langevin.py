@@ -65,7 +65,7 @@ import optax
 from inference.mcmc import langevin
 from inference.methods import warmup_checks
 from inference.chains import Sampler
-from inference.method import ChainMethod
+from inference.method import ChainMethod, Outputs, Request
 from ppl.potential import potential as make_potential
 from ppl.potential import potential_from_trace
 
@@ -144,22 +144,22 @@ class _LangevinMethod(ChainMethod):
         return self.factory()(logdensity_fn, step_size=step_size,
                               inverse_mass_matrix=inverse_mass_matrix, **self.kernel_kwargs())
 
-    def run(self, model: Callable, args: tuple, kwargs: dict, **options: Any) -> Any:
-        """:meth:`ChainMethod.run`, then the warmup checks: a :class:`WarmupWarning` names
+    def draw(self, model: Callable, args: tuple, kwargs: dict, request: Request) -> Outputs:
+        """:meth:`ChainMethod.draw`, then the warmup checks: a :class:`WarmupWarning` names
         chains whose warmup was restarted without the L-BFGS climb, and chains whose tuned
         step size collapsed or whose draws never change (:mod:`inference.methods.warmup_checks`)."""
-        out = super().run(model, args, kwargs, **options)
+        out = super().draw(model, args, kwargs, request)
         if self.step_size is None:
             samples, _, tuning, _ = out
-            name, trace = type(self).__name__, options.get("trace")
+            name, trace = type(self).__name__, request.trace
 
             def sites() -> dict:
                 pot = (make_potential(model, *args, **kwargs) if trace is None
                        else potential_from_trace(model, tuple(args), dict(kwargs), trace))
                 return dict(pot.sites)
 
-            warmup_checks.warn_restarted(name, tuning, self.find_mode, stacklevel=4)
-            warmup_checks.warn_collapsed(name, tuning, samples, sites, stacklevel=4)
+            warmup_checks.warn_restarted(name, tuning, self.find_mode, stacklevel=5)
+            warmup_checks.warn_collapsed(name, tuning, samples, sites, stacklevel=5)
         return out
 
     def sampler(self, logdensity_fn: Callable, num_warmup: int, num_samples: int) -> Sampler:

@@ -54,7 +54,7 @@ from inference.flows import FlowSpec, check_kind
 from inference.methods.nuts import NUTS
 from inference.progress import ProgressBar
 from inference.vi import VI, _bind
-from inference.method import Method
+from inference.method import Method, Outputs, Request
 
 __all__ = ["NeuTra", "transported_model"]
 
@@ -188,27 +188,15 @@ class NeuTra(Method):
         """The flow guide that is fitted for ``model``."""
         return guides_lib.flow(model, kind=self.flow, **dict(self.flow_options or {}))
 
-    def run(
-        self,
-        model: Callable,
-        args: tuple,
-        kwargs: dict,
-        *,
-        key: jax.Array,
-        num_samples: int,
-        num_chains: int,
-        num_warmup: int = 1000,
-        progress: bool = True,
-        devices: Any = None,
-        trace: dict | None = None,
-    ) -> tuple[dict, dict, dict, dict]:
+    def draw(self, model: Callable, args: tuple, kwargs: dict, request: Request) -> Outputs:
         """Fit the flow, then run the kernel on the transported model: ``(samples, stats,
         tuning, timing)`` for :class:`inference.Result`, draws of the original sites."""
+        progress = request.progress
         model_k = _bind(model, kwargs)
         guide = self.make_guide(model_k)
         vi = self._vi()
         objective = vi.make_objective(model_k, guide)
-        init_key, fit_key, run_key = jax.random.split(key, 3)
+        init_key, fit_key, run_key = jax.random.split(request.key, 3)
         params = ppl.init_params((model_k, guide), init_key, *args)
 
         t0 = time.perf_counter()
@@ -226,8 +214,7 @@ class NeuTra(Method):
         model_params = {k: v for k, v in constrained.items() if k != f"{prefix}.flow"}
         transported = transported_model(model_k, spec, theta, sites, model_params)
         samples, stats, kernel_tuning, kernel_timing = self.kernel.run(
-            transported, tuple(args), {}, key=run_key, num_samples=num_samples,
-            num_warmup=num_warmup, num_chains=num_chains, progress=progress, devices=devices)
+            transported, tuple(args), {}, request._replace(key=run_key, trace=None))
         samples = {k: v for k, v in samples.items() if not k.startswith("_neutra")}
         tuning = dict(kernel_tuning or {})
         tuning.update({"vi_objective": fitted.values, "params": constrained})

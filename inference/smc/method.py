@@ -19,7 +19,7 @@ from inference.programs.cache import compiling
 from inference.progress import ProgressBar, Relay
 from inference.sharding import constrain_leading, describe, gather, mesh_for, put_leading
 from inference.smc.checks import cpu_mesh_without_lapack, raise_if_no_likelihood
-from inference.method import Method
+from inference.method import Method, Outputs, Request
 from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
 from ppl.tracing import latent_sites, model_name, trace_model
@@ -113,27 +113,16 @@ class SMC(Method):
         if self.schedule is not None:
             _check_schedule(self.schedule)
 
-    def run(
-        self,
-        model: Callable,
-        args: tuple,
-        kwargs: dict,
-        *,
-        key: jax.Array,
-        num_samples: int,
-        num_chains: int,
-        num_warmup: int = 0,
-        progress: bool = True,
-        devices: Any = None,
-        trace: dict | None = None,
-    ) -> tuple[dict, dict, dict, dict]:
+    def draw(self, model: Callable, args: tuple, kwargs: dict, request: Request) -> Outputs:
         """Run ``num_chains`` independent SMCs: ``(samples, stats, tuning, timing)``.
 
         ``samples`` and ``stats`` have leading axes ``(num_chains, num_samples)``.
         ``devices`` (see :mod:`inference.sharding`): several chains are split over devices
-        by chain; a single chain splits its particles over them instead.
+        by chain; a single chain splits its particles over them instead. ``num_warmup`` is
+        unused: the tempering path is SMC's warmup.
         """
-        del num_warmup  # the tempering path is SMC's warmup
+        key, num_samples, num_chains = request.key, request.num_samples, request.num_chains
+        progress, devices = request.progress, request.devices
         n = self.num_particles
         if num_samples > n:
             raise ValueError(
@@ -151,7 +140,7 @@ class SMC(Method):
             warnings.warn(
                 f"SMC: model {model_name(model)} has no observed sites or factors, so its "
                 "likelihood is 1: the log evidence is 0 and the draws are prior draws.",
-                stacklevel=3,
+                stacklevel=4,
             )
         try:
             u0 = _prior_draw(model, args, kwargs, sites, jax.random.key(0))
@@ -252,7 +241,7 @@ class SMC(Method):
                 f"SMC: max_stages={self.max_stages} stages ended before the inverse temperature "
                 f"reached 1 (final values {np.round(final, 4).tolist()}); the draws and log "
                 "evidence are not the posterior's. Raise max_stages or lower target_ess.",
-                stacklevel=3,
+                stacklevel=4,
             )
         return samples, stats, tuning, {"compile": programs.seconds, "run": t2 - t1,
                                         "devices": describe(chain_mesh or particle_mesh),

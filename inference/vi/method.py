@@ -65,7 +65,7 @@ from inference.arguments import split_arguments, static_part
 from inference.programs.cache import compiling
 from inference.vi.fit import fit
 from inference.progress import ProgressBar
-from inference.method import Method
+from inference.method import Method, Outputs, Request
 from ppl.errors import ModelError
 from ppl.tracing import latent_sites, model_name, trace_model
 
@@ -274,31 +274,14 @@ class VI(Method):
         return ppl.with_params(self.make_guide(model), values)
 
     # -- the infer hook ------------------------------------------------------------------
-    def run(
-        self,
-        model: Callable,
-        args: tuple,
-        kwargs: dict,
-        *,
-        key: jax.Array,
-        num_samples: int,
-        num_chains: int,
-        num_warmup: int = 0,
-        progress: bool = True,
-        devices: Any = None,
-        trace: dict | None = None,
-    ) -> tuple[dict, dict, dict, dict]:
+    def draw(self, model: Callable, args: tuple, kwargs: dict, request: Request) -> Outputs:
         """Fit and sample: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`.
 
-        ``num_warmup`` is unused: VI's budget is its own ``steps``.
-
-        ``samples`` and ``stats`` have leading axes ``(num_chains, num_samples)``.
+        ``num_warmup`` is unused: VI's budget is its own ``steps``. ``samples`` and ``stats``
+        have leading axes ``(num_chains, num_samples)``.
         """
-        if devices is not None:
-            raise ValueError(
-                f"infer: {type(self).__name__} does not split its work over devices; "
-                "leave devices=None (its chains, if any, run on the default device)."
-            )
+        key, num_samples, num_chains = request.key, request.num_samples, request.num_chains
+        progress = request.progress
         if kwargs:  # the keyword data travel as one trailing positional argument
             model_k, args = _keywords_last(model), (*args, dict(kwargs))
             guide_k = (self.make_guide(model_k) if isinstance(self.guide, str)
