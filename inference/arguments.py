@@ -78,10 +78,16 @@ def check_number(owner: str, name: str, value: Any, *, allow_zero: bool = False)
     """``value`` as a finite float ``> 0`` (``>= 0`` with ``allow_zero``), else a ``ValueError``
     in the form of :func:`check_int`.
 
+    Concrete scalar arrays (``jnp.asarray(0.1)``) count as numbers.
+
     Example:
         >>> check_number("fit", "alpha", 0.0, allow_zero=True)
         0.0
     """
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)) and np.ndim(value) == 0 and (
+            np.issubdtype(np.asarray(value).dtype, np.number)
+            and not np.issubdtype(np.asarray(value).dtype, np.complexfloating)):
+        value = np.asarray(value).item()  # a concrete scalar array, e.g. jnp.asarray(0.1)
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not (value >= 0 if allow_zero else value > 0):
         need = "a finite number >= 0" if allow_zero else "a positive finite number"

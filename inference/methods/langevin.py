@@ -59,10 +59,10 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from inference.mcmc import langevin
+from inference.arguments import check_number
 from inference.methods import warmup_checks
 from inference.chains import Sampler
 from inference.method import ChainMethod, Outputs, Request
@@ -73,13 +73,8 @@ __all__ = ["ULA", "MALA", "Underdamped", "RandomizedMidpoint", "SGLD", "SGHMC"]
 
 
 def _positive(owner: str, name: str, value: Any, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    scalar = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
-        isinstance(value, (jax.Array, np.ndarray, np.generic)) and np.ndim(value) == 0
-        and np.issubdtype(np.asarray(value).dtype, np.floating))
-    if not (scalar and float(value) > 0):
-        raise ValueError(f"{owner}({name}={value!r}): must be a positive number.")
+    if not (value is None and allow_none):
+        check_number(owner, name, value)
 
 
 @dataclass(frozen=True)
