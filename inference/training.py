@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -48,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from inference.chains import _caller_level
 from inference.programs.cache import compiling
 from inference.progress import ProgressBar, chunk_sizes
 
@@ -58,17 +60,57 @@ __all__ = ["run_steps", "minimize", "Trained", "Stopped", "FitResult", "NonFinit
 Step = Callable[[Any, jax.Array, jax.Array, Any, bool], tuple[Any, Any, Any]]
 
 
-class FitResult(NamedTuple):
-    """What :func:`inference.fit` and :func:`minimize` return.
+class _FitFields(NamedTuple):
+    params: Any
+    values: jax.Array
+
+
+class FitResult(_FitFields):
+    """What :func:`inference.fit` and :func:`minimize` return: a ``(params, values)`` pair
+    (it unpacks as one) that also knows where training stands, so that it can go on.
 
     Attributes:
         params: the fitted parameters (same pytree structure as the initial ones).
-        values: per-step objective (or loss) values, shape ``(steps,)`` (or the steps that
-            ran before a non-finite one, in :attr:`NonFiniteError.result`).
+        values: per-step objective (or loss) values, shape ``(step,)``: every step since
+            the first run this one continues (or the steps that ran before a non-finite
+            one, in :attr:`NonFiniteError.result`).
+        opt_state: the optimizer's state after the last step (``None`` where not kept).
+        step: how many steps were applied in all (step ``i`` used ``fold_in(key, i)``).
+        key: the run's key (a continuation with ``key=None`` goes on with it).
+        interrupted: training was stopped by Ctrl-C (``KeyboardInterrupt``) before the
+            steps asked for were done; ``params`` are those reached.
+
+    Passing a FitResult as ``inference.fit``'s ``params`` continues it: ``fit(obj, fit(obj,
+    p, steps=N), steps=M)`` equals ``fit(obj, p, steps=N + M)``, bit for bit.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> r = FitResult({"w": jnp.ones(2)}, jnp.zeros(3), step=3)
+        >>> params, values = r
+        >>> r.step, r.interrupted, values.shape
+        (3, False, (3,))
     """
 
-    params: Any
-    values: jax.Array
+    def __new__(cls, params: Any, values: jax.Array, *, opt_state: Any = None,
+                step: int | None = None, key: jax.Array | None = None,
+                interrupted: bool = False) -> "FitResult":
+        self = super().__new__(cls, params, values)
+        self.opt_state, self.key, self.interrupted = opt_state, key, bool(interrupted)
+        self.step = int(np.shape(values)[0]) if step is None else int(step)
+        return self
+
+    opt_state: Any = None
+    key: Any = None
+    interrupted: bool = False
+
+    def _replace(self, **changes: Any) -> "FitResult":
+        new = super()._replace(**changes)
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __repr__(self) -> str:
+        flag = ", interrupted" if self.interrupted else ""
+        return f"FitResult(step={self.step}{flag}, params={self.params!r})"
 
 
 class NonFiniteError(FloatingPointError):
@@ -189,11 +231,14 @@ class Trained(NamedTuple):
         outputs: the steps' outputs, leading axis ``steps`` (when stopped: the steps up to
             and including the bad one).
         stopped: ``None``, or :class:`Stopped`.
+        interrupted: Ctrl-C stopped the run after ``len(outputs)`` steps (``state`` is the
+            state they reached).
     """
 
     state: Any
     outputs: Any
     stopped: Stopped | None
+    interrupted: bool = False
 
 
 def _filler(shape: jax.ShapeDtypeStruct) -> jax.Array:
@@ -213,6 +258,9 @@ def run_steps(
     label: str = "train",
     program_key: tuple | None = None,
     postfix: Callable[[Any], dict] | None = None,
+    start: int = 0,
+    after_chunk: Callable[[Any, int, Any], None] | None = None,
+    on_interrupt: str = "warn",
 ) -> Trained:
     """Run ``steps`` of ``step`` from ``state`` in compiled chunks (see the module docstring).
 
@@ -230,9 +278,20 @@ def run_steps(
             program (the step's settings): then the compiled chunks are cached; ``None``: they
             are compiled for this call only.
         postfix: ``postfix(outputs of the chunk's valid steps) -> dict`` for the bar.
+        start: the index of the first step (a run continued after ``start`` steps: step
+            ``start + j`` gets index ``start + j``, so ``N`` steps then ``M`` more from
+            ``start=N`` make the same steps as ``N + M`` at once).
+        after_chunk: ``after_chunk(state, done, outputs)`` after each chunk that finished
+            finite: ``done`` steps of this call are applied, ``outputs`` theirs (what a
+            checkpoint writes).
+        on_interrupt: what Ctrl-C (``KeyboardInterrupt``) does: it stops the run at the end
+            of the chunk in flight and returns the state reached (``Trained.interrupted``),
+            with a warning (``"warn"``) or without (``"return"``, for a caller that warns
+            itself); ``"raise"`` lets it propagate. Interrupted before any chunk finished,
+            it propagates in every case.
 
     Returns:
-        :class:`Trained` ``(state, outputs, stopped)``.
+        :class:`Trained` ``(state, outputs, stopped, interrupted)``.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -244,6 +303,9 @@ def run_steps(
         >>> round(float(t.state), 4), t.outputs.shape, t.stopped
         (2.0, (30,), None)
     """
+    if on_interrupt not in ("warn", "return", "raise"):
+        raise ValueError(f"run_steps(on_interrupt={on_interrupt!r}): must be 'warn', "
+                         "'return' or 'raise'.")
     n_chunks, chunk = chunk_sizes(steps, updates)
     padded = n_chunks * chunk > steps
     shapes = jax.eval_shape(lambda s, k, d: step(s, jnp.asarray(0, jnp.int32), k, d, True),
@@ -251,7 +313,7 @@ def run_steps(
     out_shape, ok_shape = shapes[1], shapes[2]
     idle_outputs = lambda: jax.tree.map(_filler, out_shape)  # noqa: E731
 
-    def fast_chunk(state, start, key, data):
+    def fast_chunk(state, start, end, key, data):
         indices = start + jnp.arange(chunk, dtype=start.dtype)
 
         def body(s, i):
@@ -259,11 +321,11 @@ def run_steps(
                 new, out, _ = step(s, i, key, data, False)
                 return new, out
             if padded:  # steps past the end leave everything untouched
-                return jax.lax.cond(i < steps, go, lambda s: (s, idle_outputs()), s)
+                return jax.lax.cond(i < end, go, lambda s: (s, idle_outputs()), s)
             return go(s)
 
         state, outputs = jax.lax.scan(body, state, indices)
-        valid = indices < steps
+        valid = indices < end
         finite = [jnp.all(jnp.isfinite(x) | ~valid.reshape((-1,) + (1,) * (x.ndim - 1)))
                   for x in _inexact_leaves(outputs)]
         ok = all_finite(state)
@@ -271,7 +333,7 @@ def run_steps(
             ok = ok & jnp.all(jnp.stack(finite))
         return state, outputs, ok
 
-    def guarded_chunk(carry, start, key, data):
+    def guarded_chunk(carry, start, end, key, data):
         def body(c, i):
             def go(c):
                 s, previous, bad, flags = c
@@ -281,7 +343,7 @@ def run_steps(
                 return (keep(new, s), keep(s, previous), jnp.where(good, bad, i.astype(bad.dtype)),
                         jnp.where(good, flags, ok)), out
             # Steps past the end, or after a non-finite one, leave everything untouched.
-            return jax.lax.cond((i < steps) & (c[2] < 0), go, lambda c: (c, idle_outputs()), c)
+            return jax.lax.cond((i < end) & (c[2] < 0), go, lambda c: (c, idle_outputs()), c)
 
         return jax.lax.scan(body, carry, start + jnp.arange(chunk, dtype=start.dtype))
 
@@ -290,37 +352,46 @@ def run_steps(
 
     bar = progress if isinstance(progress, ProgressBar) else ProgressBar(
         steps, desc=label, enabled=bool(progress))
-    starts = [jnp.asarray(c * chunk, jnp.int32) for c in range(n_chunks)]
+    first = int(start)
+    starts = [jnp.asarray(first + c * chunk, jnp.int32) for c in range(n_chunks)]
+    end = jnp.asarray(first + steps, jnp.int32)
+    # The programs depend on the chunk's length and whether some chunk is padded, not on
+    # the number of steps (where a run starts and ends are arguments).
     cache_key = lambda kind: None if program_key is None else (  # noqa: E731
-        "training", label, kind, steps, chunk, *program_key)
+        "training", label, kind, chunk, padded, *program_key)
 
     def compiled_guarded():
         with compiling(f"{label} (guarded replay)", bar.enabled) as programs:
             return programs.compile(jax.jit(guarded_chunk),
-                                    (guard_carry(state), starts[0], key, data),
+                                    (guard_carry(state), starts[0], end, key, data),
                                     key=cache_key("guarded"))
 
     # Compile before the bar opens, so that its clock counts steps only.
     with compiling(label, bar.enabled) as programs:
-        fast = programs.compile(jax.jit(fast_chunk), (state, starts[0], key, data),
+        fast = programs.compile(jax.jit(fast_chunk), (state, starts[0], end, key, data),
                                 key=cache_key("fast"))
     bar.update(0, {})
     chunks: list = []
     stopped = None
     previous = state  # the state at the start of the chunk before (for the replay)
+    committed = (0, state)  # (chunks done, the state they reached): one assignment each
+    pending = None  # the chunk in flight: (its index, its outputs)
+    interrupted = False
     try:
         for c in range(n_chunks):
-            new_state, outputs, ok = fast(state, starts[c], key, data)
+            pending = (c, fast(state, starts[c], end, key, data))
+            new_state, outputs, ok = pending[1]
             if not bool(ok):  # one host sync per chunk
+                pending = None
                 # Replay from the chunk before (if any) with the guarded step, so that the
                 # state one step before the bad one is known even when the bad step is the
                 # chunk's first.
-                first = max(c - 1, 0)
+                first_replayed = max(c - 1, 0)
                 carry = guard_carry(previous if c > 0 else state)
-                del chunks[first:]
+                del chunks[first_replayed:]
                 replay = compiled_guarded()
-                for r in range(first, c + 1):
-                    carry, outputs = replay(carry, starts[r], key, data)
+                for r in range(first_replayed, c + 1):
+                    carry, outputs = replay(carry, starts[r], end, key, data)
                     chunks.append(outputs)
                     if int(carry[2]) >= 0:
                         break
@@ -332,18 +403,50 @@ def run_steps(
                 new_state = carry[0]
             else:
                 chunks.append(outputs)
+            committed = (c + 1, new_state)
+            pending = None
             previous, state = state, new_state
+            done = min((c + 1) * chunk, steps)
+            if after_chunk is not None:
+                after_chunk(new_state, done, _joined(chunks, done))
             if bar.enabled:
-                done = min((c + 1) * chunk, steps)
                 valid = jax.tree.map(lambda x: x[:done - c * chunk], outputs)
                 bar.update(done, postfix(valid) if postfix else {})
+    except KeyboardInterrupt:
+        if on_interrupt == "raise":
+            raise
+        interrupted = True
+        n_done, state = committed
+        if pending is not None and pending[0] == n_done:
+            # Ctrl-C came while the chunk in flight ran: keep it if it ended finite.
+            new_state, outputs, ok = pending[1]
+            if bool(ok):
+                del chunks[n_done:]
+                chunks.append(outputs)
+                n_done, state = n_done + 1, new_state
+        del chunks[n_done:]
+        if n_done == 0:
+            raise
     finally:
         bar.close()
 
-    outputs = jax.tree.map(lambda *xs: jnp.concatenate(xs), *chunks)
+    if interrupted:
+        done = min(len(chunks) * chunk, steps)
+        if after_chunk is not None:
+            after_chunk(state, done, _joined(chunks, done))
+        if on_interrupt == "warn":
+            warnings.warn(
+                f"{label}: interrupted (KeyboardInterrupt) after {done} of {steps} steps; "
+                "returning the state reached.", UserWarning, stacklevel=_caller_level())
+        return Trained(state, _joined(chunks, done), None, True)
     if stopped is None:
-        return Trained(state, jax.tree.map(lambda x: x[:steps], outputs), None)
-    return Trained(stopped.state, jax.tree.map(lambda x: x[:stopped.step + 1], outputs), stopped)
+        return Trained(state, _joined(chunks, steps), None)
+    return Trained(stopped.state, _joined(chunks, stopped.step + 1 - first), stopped)
+
+
+def _joined(chunks: list, n: int) -> Any:
+    """The first ``n`` steps' outputs of the chunks, concatenated."""
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:n], *chunks)
 
 
 def optax_step(value_and_grad: Callable, optimizer: optax.GradientTransformation) -> Step:

@@ -24,6 +24,23 @@ How it runs:
 - Data arguments: array leaves (and Python floats) are traced; other leaves (ints such as a
   plate size, strings, ``None``) are fixed, as static values of the compiled step.
 
+Long runs (as :func:`inference.infer` does for MCMC chains):
+
+- **Ctrl-C** (``KeyboardInterrupt``) stops at the end of the chunk in flight and returns
+  the parameters reached, a :class:`FitResult` with ``interrupted=True`` and ``step`` the
+  steps applied, with a warning saying how many.
+- **Continue**: pass a :class:`FitResult` (finished or interrupted) as ``params``: the run
+  goes on from its parameters and optimizer state for ``steps`` more steps, with its key
+  unless another is given; ``fit(obj, fit(obj, p, steps=N), steps=M)`` equals
+  ``fit(obj, p, steps=N + M)`` bit for bit (same optimizer, data and key), its ``values``
+  included.
+- **Checkpoints**: ``checkpoint="fit.npz"`` writes the parameters, optimizer state and
+  objective values every ``checkpoint_every`` steps (rounded up to the end of a chunk;
+  default: every chunk) and when the run ends or is interrupted; the same call again
+  resumes from the file (a finished file gives its result back at once), so a crashed run
+  finishes with the same numbers as an uninterrupted one. The file must come from the same
+  call (steps, key, data, parameter shapes), else a ``ValueError`` says what differs.
+
 Minibatches: ``batch=(argnum, batch_size)`` subsamples ``args[argnum]`` (an array, or a
 pytree of arrays sharing the leading axis ``N``) along its leading axis at every step:
 ``batch_size`` distinct indices drawn uniformly without replacement with that step's key, so
@@ -49,6 +66,8 @@ Example:
 from __future__ import annotations
 
 import numbers
+import os
+import warnings
 from typing import Any
 
 import jax
@@ -59,6 +78,8 @@ from jax.sharding import Mesh
 import ppl
 from inference.arguments import as_key, positive_int, split_arguments, static_part
 from inference.progress import ProgressBar
+from inference import checkpoint as ckpt
+from inference.chains import _caller_level, _unflatten
 from inference.training import (FitResult, NonFiniteError, all_finite, leaf_names,
                                 non_finite_error, optax_step, run_steps)
 from inference.sharding import constrain_leading, mesh_for, put_replicated
@@ -145,18 +166,23 @@ def fit(
     progress: bool | ProgressBar = True,
     updates: int = 20,
     data_sharding: Any = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
 ) -> FitResult:
     """Maximize ``objective(params, *args)`` over ``params`` with ``optimizer``.
 
     Args:
         objective: an :class:`ppl.Expectation` (``@ppl.expectation``, or an objective from
             ``ppl.objectives``) whose first argument is ``params``; a quantity to MAXIMIZE.
-        params: initial parameters, a pytree of float arrays (e.g. from ``ppl.init_params``).
+        params: initial parameters, a pytree of float arrays (e.g. from ``ppl.init_params``);
+            or a :class:`FitResult` to continue (its parameters, optimizer state, step
+            count and key; see the module docstring).
         *args: the objective's other (data) arguments, held fixed.
-        optimizer: an optax transformation; default ``optax.adam(1e-3)``.
-        steps: number of optimizer steps (a positive int).
-        key: ``jax.random.key(...)`` or an int seed (default 0); step ``i`` uses
-            ``fold_in(key, i)``.
+        optimizer: an optax transformation; default ``optax.adam(1e-3)`` (continuing a
+            FitResult: the same optimizer as its run, whose state it holds).
+        steps: number of optimizer steps (a positive int); continuing, the steps to add.
+        key: ``jax.random.key(...)`` or an int seed (default 0, or a continued FitResult's
+            key); step ``i`` uses ``fold_in(key, i)``.
         batch: ``None`` (full data) or ``(argnum, batch_size)``: subsample ``args[argnum]``
             along its leading axis each step (see the module docstring for the scaling).
         progress: show a progress bar, or a :class:`ProgressBar` to report to.
@@ -168,9 +194,14 @@ def fit(
             ``jax.Device`` or a :class:`jax.sharding.Mesh` with one axis (see
             :mod:`inference.sharding`); ``batch_size`` must divide by the number of
             devices. ``None`` (default): one device.
+        checkpoint, checkpoint_every: a file (``.npz``) the state is written to every
+            ``checkpoint_every`` steps and at the end, and resumed from when it exists
+            (see the module docstring).
 
     Returns:
-        :class:`FitResult` ``(params, values)`` with ``values`` of shape ``(steps,)``.
+        :class:`FitResult` ``(params, values)`` with ``values`` of shape ``(steps,)`` (with a
+        continued FitResult's values first), ``opt_state``, ``step``, ``key`` and
+        ``interrupted`` (Ctrl-C: the parameters reached, with a warning).
 
     Raises:
         NonFiniteError: (a ``FloatingPointError``) at the first step whose objective, gradient
@@ -186,7 +217,26 @@ def fit(
         >>> r = fit(neg_sq, jnp.zeros(()), optimizer=optax.sgd(0.1), steps=100, progress=False)
         >>> abs(float(r.params) - 1.0) < 0.1
         True
+
+        Continued: 60 steps, then 40 more, are the same 100 steps.
+
+        >>> half = fit(neg_sq, jnp.zeros(()), optimizer=optax.sgd(0.1), steps=60, progress=False)
+        >>> again = fit(neg_sq, half, optimizer=optax.sgd(0.1), steps=40, progress=False)
+        >>> bool(again.params == r.params), again.step
+        (True, 100)
     """
+    return _fit(objective, params, *args, optimizer=optimizer, steps=steps, key=key,
+                batch=batch, progress=progress, updates=updates, data_sharding=data_sharding,
+                checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+
+
+def _fit(objective: ppl.Expectation, params: Any, *args: Any, optimizer: Any = None,
+         steps: int = 1000, key: Any = None, batch: Any = None,
+         progress: bool | ProgressBar = True, updates: int = 20, data_sharding: Any = None,
+         checkpoint: Any = None, checkpoint_every: int | None = None, owner: str = "fit",
+         warn_interrupt: bool = True) -> FitResult:
+    """:func:`fit`, for callers that name themselves in its messages (``owner``) and may
+    warn about an interruption themselves (``warn_interrupt=False``)."""
     if not isinstance(objective, ppl.Expectation):
         raise TypeError(
             f"fit: objective must be an expectation (decorate it with @ppl.expectation, or use "
@@ -200,10 +250,19 @@ def fit(
         )
     steps = positive_int("steps", steps)
     updates = positive_int("updates", updates)
+    previous = params if isinstance(params, FitResult) else None
+    if previous is not None:
+        params = previous.params
+        key = previous.key if key is None and previous.key is not None else key
     key = as_key(key)
     params = _check_params(params)
     batching = _check_batch(batch, args)
     names = leaf_names(params)
+    if checkpoint is None and checkpoint_every is not None:
+        raise ValueError("fit: checkpoint_every is given but checkpoint is not: pass "
+                         "checkpoint='fit.npz' (the file to write) as well.")
+    if checkpoint_every is not None:
+        checkpoint_every = positive_int("checkpoint_every", checkpoint_every)
 
     dyn, full_args = split_arguments(args)
     mesh = _data_mesh(data_sharding, batching)
@@ -229,19 +288,128 @@ def fit(
         value, (grads, _) = bound.value_and_grad_estimate(k_obj, params, subsample(k_batch, dyn))
         return value.astype(jnp.result_type(float)), jax.tree.map(jnp.negative, grads)
 
-    state = (params, optimizer.init(params))
+    opt_state = optimizer.init(params)
+    start, earlier = 0, jnp.zeros((0,), jnp.result_type(float))
+    if previous is not None:
+        opt_state = _previous_opt_state(previous, opt_state, owner)
+        start, earlier = previous.step, jnp.asarray(previous.values)
+    total = start + steps
+    saver = None
+    if checkpoint is not None:
+        saver = _Checkpoint(checkpoint, checkpoint_every, {
+            "owner": owner, "start": start, "steps": steps,
+            "key": ckpt.to_host(jax.random.key_data(key)).tolist(),
+            "data": ckpt.data_digest(args), "batch": None if batching is None else list(batching),
+            "params": [[list(jnp.shape(x)), str(jnp.result_type(x))]
+                       for x in jax.tree.leaves(params)],
+            "x64": bool(jax.config.jax_enable_x64)})
+        resumed = saver.restore((params, opt_state), earlier)
+        if resumed is not None:
+            (params, opt_state), earlier, start = resumed
+            if start == total:  # a finished run's file: its result at once
+                return FitResult(params, earlier, opt_state=opt_state, step=start, key=key)
+
+    # Strong types: a continued run's state (after steps) and a fresh one (weak-typed
+    # literals from an init) then reuse the same compiled programs.
+    state = jax.tree.map(_strong, (params, opt_state))
     if mesh is not None:  # parameters, optimizer state and the full data: a copy per device
         state, dyn = put_replicated((state, dyn), mesh)
+    values_before = earlier
+
+    def after_chunk(state, done, outputs):
+        if saver is not None:
+            saver.maybe_write(state, jnp.concatenate([values_before, outputs]), start + done,
+                              force=start + done == total)
+
     trained = run_steps(
-        optax_step(value_and_descent, optimizer), state, steps=steps, key=key, data=dyn,
-        updates=updates, progress=progress, label="fit",
+        optax_step(value_and_descent, optimizer), state, steps=total - start, key=key,
+        data=dyn, updates=updates, progress=progress, label=owner,
         program_key=(objective, optimizer, batching, static_part(args), mesh,
                      jax.tree_util.tree_structure(params)),
         postfix=lambda values: {"objective": float(jnp.mean(values))},
+        start=start, after_chunk=after_chunk, on_interrupt="return",
     )
+    values = jnp.concatenate([values_before, trained.outputs])
     if trained.stopped is None:
-        return FitResult(trained.state[0], trained.outputs)
+        params, opt_state = trained.state
+        done = start + int(trained.outputs.shape[0])
+        if trained.interrupted:
+            if saver is not None:
+                saver.maybe_write(trained.state, values, done, force=True)
+            if warn_interrupt:
+                warnings.warn(
+                    f"{owner}: interrupted (KeyboardInterrupt) after {done} of {total} steps; "
+                    f"returning the parameters reached (result.interrupted is True). "
+                    f"fit(objective, result, ..., steps={total - done}) finishes the run.",
+                    UserWarning, stacklevel=_caller_level())
+        return FitResult(params, values, opt_state=opt_state, step=done, key=key,
+                         interrupted=trained.interrupted)
     raise non_finite_error(
-        "fit", trained.stopped, trained.outputs, names, quantity="objective estimate",
+        owner, trained.stopped, values, names, quantity="objective estimate",
         advice="check the model and guide near err.bad_params (a scale that reaches 0, exp "
                "overflow, log or sqrt of a negative number)")
+
+
+def _strong(x: Any) -> Any:
+    return jnp.asarray(x, jnp.result_type(x)) if isinstance(x, (jax.Array, float, int)) else x
+
+
+def _previous_opt_state(previous: FitResult, fresh: Any, owner: str) -> Any:
+    """The optimizer state of a FitResult being continued, checked against the optimizer's."""
+    if previous.opt_state is None:
+        raise ValueError(
+            f"{owner}: the FitResult passed as params holds no optimizer state (it was not "
+            "made by fit), so it cannot be continued exactly; pass result.params to start "
+            "a new run from its parameters.")
+    like = jax.tree_util.tree_structure(fresh)
+    if jax.tree_util.tree_structure(previous.opt_state) != like or any(
+            jnp.shape(a) != jnp.shape(b) for a, b in zip(jax.tree.leaves(previous.opt_state),
+                                                         jax.tree.leaves(fresh))):
+        raise ValueError(
+            f"{owner}: the FitResult passed as params holds the state of another optimizer "
+            f"(its structure {jax.tree_util.tree_structure(previous.opt_state)} differs from "
+            f"this optimizer's {like}); continue with the optimizer it was fitted with.")
+    return previous.opt_state
+
+
+class _Checkpoint:
+    """A fit's parameters, optimizer state and objective values on disk (resumable)."""
+
+    def __init__(self, path: Any, every: int | None, fingerprint: dict):
+        self.path, self.every, self.fingerprint = os.fspath(path), every, fingerprint
+        self.last = fingerprint["start"]
+
+    def restore(self, like_state: Any, earlier: jax.Array):
+        """``(state, values, step)`` from the file, or ``None`` when there is none."""
+        if not os.path.exists(self.path):
+            return None
+        arrays, meta = ckpt.read_archive(self.path)
+        if meta.get("kind") != "fit checkpoint":
+            raise ValueError(
+                f"checkpoint={self.path!r} is not a fit checkpoint (it holds a "
+                f"{meta.get('kind')}); pass another path.")
+        stored = meta["run"]
+        differ = sorted(k for k in set(stored) | set(self.fingerprint)
+                        if stored.get(k) != self.fingerprint.get(k))
+        if differ:
+            raise ValueError(
+                f"checkpoint {self.path!r} was written by a different run: it differs in "
+                f"{', '.join(differ)} (file: "
+                + ", ".join(f"{k}={stored.get(k)!r}" for k in differ if k != "key")
+                + "). Call again with the same settings to resume it, or delete the file "
+                "(or pass another checkpoint path) to start afresh.")
+        leaves = [arrays[f"state{i}"] for i in range(meta["num_state"])]
+        state = _unflatten(like_state, leaves, f"checkpoint {self.path!r}")
+        values = jnp.asarray(arrays["values"], earlier.dtype)
+        self.last = int(meta["step"])
+        return state, values, int(meta["step"])
+
+    def maybe_write(self, state: Any, values: jax.Array, step: int, force: bool = False) -> None:
+        if not force and self.every is not None and step - self.last < self.every:
+            return
+        arrays = {f"state{i}": ckpt.to_host(x) for i, x in enumerate(jax.tree.leaves(state))}
+        arrays["values"] = ckpt.to_host(values)
+        ckpt.write_archive(self.path, arrays, {
+            "kind": "fit checkpoint", "run": self.fingerprint, "step": int(step),
+            "num_state": len(arrays) - 1})
+        self.last = step
