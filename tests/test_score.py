@@ -456,6 +456,30 @@ def test_posterior_score_tends_to_the_exact_posterior_score():
     assert abs(constants[1] / constants[0] - 1) < 0.1, constants
 
 
+@pytest.mark.parametrize("proc", [S.VP(), S.Linear()], ids=["vp", "linear"])
+def test_posterior_score_at_t0_is_the_exact_posterior_score(proc):
+    """At t = 0, s(t) = 0 for VP and Linear: x0_hat = x, so the guided score is exactly
+    grad log p0(x) + grad log p(y | x), here the prior's score plus -(x[0] - y) / 0.2^2 on
+    the observed coordinate (it used to be NaN: the score went through eps = -s * score and
+    back, 0 / 0). Bound: float32 round-off on scores of size ~100 (eps 1.2e-7, a few
+    operations: ~1e-4); 1e-3 relative to the largest |score| allows that and nothing else
+    (at t = 1e-3 the DPS gap is ~C s^2 ~ 0.2, see the test above)."""
+    y = jnp.array([0.5])
+
+    def observe(x, y=None):
+        numpyro.sample("y", dist.Normal(x[:1], 0.2).to_event(1), obs=y)
+
+    prior = GMM.score_fn(proc)
+    guided = S.posterior_score(prior, proc, S.observation_loglik(observe, y=y))
+    x = GMM.sample(jax.random.key(3), 64)
+    t0 = jnp.float32(0.0)
+    got = eqx.filter_jit(guided)(x, t0)
+    want = eqx.filter_jit(prior)(x, t0).at[:, 0].add(-(x[:, 0] - y[0]) / 0.2**2)
+    assert bool(jnp.all(jnp.isfinite(got)))
+    scale = float(jnp.max(jnp.abs(want)))
+    assert float(jnp.max(jnp.abs(got - want))) < 1e-3 * scale, (got - want, scale)
+
+
 def test_observation_model_must_observe_everything():
     def bad(x, y=None):
         s = numpyro.sample("s", dist.HalfNormal(1.0))

@@ -30,13 +30,17 @@ class _PosteriorScore(eqx.Module):
 
         def guided(x):
             out = self.prior(x, t)
-            eps = _to_noise(out, x, t, self.proc, self.prediction)
-            x0 = (x - s * eps) / a
+            if self.prediction == "score":
+                # Tweedie straight from the score: finite where s = 0 (t = 0 for VP and
+                # Linear), where the noise route -(-s score) / s is 0 / 0.
+                score, x0 = out, (x + s**2 * out) / a
+            else:
+                eps = _to_noise(out, x, t, self.proc, self.prediction)
+                score, x0 = -eps / s, (x - s * eps) / a
             ll = self.log_likelihood(x0) if self.batched else jax.vmap(self.log_likelihood)(x0)
-            return jnp.sum(ll), eps
+            return jnp.sum(ll), score
 
-        grad_ll, eps = jax.grad(guided, has_aux=True)(x)
-        score = -eps / s
+        grad_ll, score = jax.grad(guided, has_aux=True)(x)
         guide = self.scale * grad_ll
         if self.max_ratio is not None:  # per draw: |guide| <= max_ratio |score|
             n = x.shape[0]
@@ -61,6 +65,10 @@ def posterior_score(prior: Callable, proc: Process, log_likelihood: Callable, *,
     ``max_ratio`` caps each draw's guidance at ``max_ratio`` times its prior score's norm
     (a stabiliser; ``None``: no cap). The result is a batched ``fn(x, t)`` predicting the score,
     usable by every sampler (one prior evaluation and its VJP per call; counted as one NFE).
+    Where ``s(t) = 0`` (``t = 0`` for :class:`VP` and :class:`Linear`) ``x0_hat = x`` and the
+    result is the exact posterior score when the prior predicts the score; a noise, data or
+    velocity prediction does not determine the score there (``eps / s`` is 0 / 0), and the
+    samplers stop at ``t_min > 0``.
 
     Example:
         >>> from inference.score import VP, euler_maruyama
