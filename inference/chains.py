@@ -1,19 +1,21 @@
-"""Running MCMC chains on a model: two compiled programs, driven in chunks from the host.
+"""Running MCMC chains on a model: one compiled program, driven in chunks from the host.
 
 An MCMC method (``NUTS``, the Langevin methods) describes its chains with a :class:`Sampler`:
 ``init(key, positions) -> state`` and ``step(state, t, key) -> (state, position, stats)``
-over all chains at once (a leading chain axis). :func:`run_chains` turns that into
+over all chains at once (a leading chain axis). :func:`run_chains` turns that into one
+program that loops steps ``t0`` to ``t1`` (given at each call), writing the constrained
+draws and statistics of those steps into output buffers (chains, draws, ...) that it
+carries, in place (donated), so they stay on the devices the chains live on. Its first
+call (no loop step) starts the chains: initial points (Stan's uniform draws on the
+unconstrained scale, the first finite one per chain, or the user's ``init_params``), then
+``sampler.init``. Starting and stepping are compiled together, once: a model's density and
+the sampler's code are compiled in one program rather than in two (measured: the enumerated HMM of
+``bench/enum.py`` compiles in ~15% less CPU time).
 
-1. an *init* program: initial points (Stan's uniform draws on the unconstrained scale,
-   the first finite one per chain, or the user's ``init_params``), then ``sampler.init``;
-2. a *chunk* program: loop steps ``t0`` to ``t1`` (given at each call), writing the
-   constrained draws and statistics of those steps into output buffers (chains, draws, ...)
-   that it carries, in place (donated), so they stay on the devices the chains live on.
-
-The host calls the chunk program at least twenty times, moving the progress bar between
+The host calls the program at least twenty times, moving the progress bar between
 calls: the first call is short, later ones are sized from the measured speed to take about
 a second (:data:`CHUNK_SECONDS`), never more than a twentieth of the run.
-So the programs carry no host callbacks and JAX's persistent cache can keep them, both are
+So the program carries no host callbacks and JAX's persistent cache can keep it, it is
 compiled once per shape and kept in :data:`inference.programs.cache.PROGRAMS`, and the model's
 data enter them as arguments (new data of the same shapes reuses them). Every step's key is
 ``fold_in(key, t)`` and every call runs the same program, so the draws do not depend on
@@ -60,7 +62,7 @@ import numpy as np
 from inference import checkpoint as ckpt
 from inference.arguments import CONCRETE_ERRORS, positive_int, split_arguments, static_part
 from inference.programs.cache import compiling
-from inference.initialization import uniform_candidates, raise_no_valid_initial, select_initial
+from inference.initialization import raise_no_valid_initial, search_initial, uniform_candidates
 from inference.progress import ProgressBar, chunk_sizes
 from inference.sharding import constrain_leading, describe, gather, put_leading
 from inference.starting_points import raise_nonfinite_start, unconstrained_starts
@@ -90,6 +92,10 @@ class Sampler(NamedTuple):
         tuning: ``tuning(state) -> dict`` of what warmup chose (step size, mass matrix...).
         postfix: ``postfix(state) -> dict`` of scalars shown beside the progress bar.
         init_warmup: warmup steps done inside ``init`` (for the progress bar's count).
+        init_from_gradient: optional ``init_from_gradient(key, positions, logdensity,
+            gradient) -> state``, as ``init`` where it needs the log density and its
+            gradient at the positions only: the initial-point search hands over the values
+            it computed there, so the program holds the gradient's code once less.
     """
 
     init: Callable
@@ -99,6 +105,7 @@ class Sampler(NamedTuple):
     tuning: Callable
     postfix: Callable | None = None
     init_warmup: int = 0
+    init_from_gradient: Callable | None = None
 
 
 class ChainOutputs(tuple):
@@ -262,33 +269,45 @@ class _Job:
                                 jnp.zeros((), jnp.int32), run_key)[1]
         return jax.tree.map(lambda s: jnp.zeros((self.C, S) + s.shape[1:], s.dtype), shapes)
 
-    def _init_program(self, S, tries, radius):
-        C, mesh = self.C, self.mesh
+    def _carry_shapes(self, run_key, S):
+        """Shapes of the programs' carry ``(sampler state, buffers)`` (traced, not run)."""
+        def carry(run_key, dyn):
+            p, sampler, _ = self._traced(dyn, S)
+            positions = {n: jnp.zeros((self.C,) + tuple(shape), jnp.result_type(float))
+                         for n, shape in p.sites.items()}
+            state = sampler.init(run_key, positions)
+            return state, self._buffers(p, sampler, state, run_key, S)
 
-        def init_program(init_key, run_key, dyn, given):
-            p, sampler, check = self._traced(dyn, S)
-            if given is None:
-                candidates = uniform_candidates(init_key, p.sites, C, tries, radius)
-            else:
-                candidates = jax.tree.map(lambda x: x[:, None], given)
-            positions, found = select_initial(check, candidates)
-            positions = constrain_leading(positions, mesh, C)
+        return jax.eval_shape(carry, run_key, self.dyn)
+
+    def _start(self, p, sampler, check, blank, run_key, init_key, given, use_given, tries,
+               radius):
+        """The chains' initial state: ``(state, found, n_grad)`` (``blank`` where some chain
+        found no valid point: the host then raises)."""
+        C = self.C
+        candidates = uniform_candidates(init_key, p.sites, C, tries, radius)
+        # init_params: the given point is the one candidate tried.
+        candidates = jax.tree.map(
+            lambda c, g: c.at[:, 0].set(jnp.where(use_given, g.astype(c.dtype), c[:, 0])),
+            candidates, given)
+        search = search_initial(check, candidates, jnp.where(use_given, 1, tries))
+        positions = constrain_leading(search.position, self.mesh, C)
+        if sampler.init_from_gradient is not None and not self.stochastic:
+            start = lambda x: sampler.init_from_gradient(  # noqa: E731
+                run_key, x, search.logdensity, search.gradient)
+        else:
             start = lambda x: sampler.init(run_key, x)  # noqa: E731
-            blank = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                 jax.eval_shape(start, positions))
-            state = jax.lax.cond(jnp.all(found), start, lambda _: blank, positions)
-            buffers = self._buffers(p, sampler, state, run_key, S)
-            return constrain_leading((state, buffers), mesh, C), found, candidates
+        state = jax.lax.cond(jnp.all(search.found), start, lambda _: blank, positions)
+        return state, search.found, search.n_grad
 
-        return init_program
-
-    def _chunk_program(self, S):
+    def _program(self, S, tries, radius, with_start):
+        """The one compiled program: loop steps ``t0 .. t1 - 1`` (any number: the host sizes
+        each call), writing their draws in place. ``with_start``: its first call (``first``
+        True, ``t0 == t1``) finds the initial points and starts the sampler there, so the
+        search and the sampler's steps are compiled together, once."""
         C, mesh, skip = self.C, self.mesh, self.skip
 
-        def chunk_program(carry, t0, t1, base, run_key, dyn):
-            """Loop steps ``t0 .. t1 - 1`` (any number: the host sizes each call)."""
-            p, sampler, _ = self._traced(dyn, S)
-
+        def run_steps(p, sampler, carry, t0, t1, base, run_key):
             def one(t, carry):
                 state, buffers = carry
                 state, out = self._draw(p, sampler, state, t, run_key)
@@ -298,20 +317,52 @@ class _Job:
                 put = lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, slot, 1)  # noqa: E731
                 return state, jax.tree.map(put, buffers, out)
 
-            carry = jax.lax.fori_loop(t0, t1, one, carry)
-            return constrain_leading(carry, mesh, C)
+            return constrain_leading(jax.lax.fori_loop(t0, t1, one, carry), mesh, C)
 
-        return chunk_program
+        def chunk_program(carry, t0, t1, base, run_key, dyn):
+            p, sampler, _ = self._traced(dyn, S)
+            return run_steps(p, sampler, carry, t0, t1, base, run_key)
 
-    def _compile_chunk(self, programs, carry, run_key, S):
-        t0 = jnp.zeros((), jnp.int32)
-        return programs.compile(
-            jax.jit(self._chunk_program(S), donate_argnums=0),
-            (carry, t0, t0, t0, run_key, self.dyn),
-            key=("chunk", self.skip, *self.key_parts), key_args=(run_key, self.dyn))
+        def program(carry, t0, t1, base, run_key, dyn, init_key, given, use_given, first):
+            p, sampler, check = self._traced(dyn, S)
+
+            def start(carry):
+                state, found, n = self._start(p, sampler, check, carry[0], run_key, init_key,
+                                              given, use_given, tries, radius)
+                return (state, carry[1]), found, n
+
+            def keep(carry):
+                return carry, jnp.ones((C,), bool), jnp.zeros((C,), jnp.int32)
+
+            carry, found, n_grad = jax.lax.cond(first, start, keep, carry)
+            return run_steps(p, sampler, carry, t0, t1, base, run_key), found, n_grad
+
+        return program if with_start else chunk_program
+
+    def _compile(self, programs, run_key, S, tries=100, radius=2.0, with_start=True):
+        """The compiled program (from a cache when there), and its carry's zeros."""
+        program = self._program(S, tries, radius, with_start)
+        t0 = _host_zeros((), np.int32)
+        extra = (jax.random.key(0), self._no_given(), _host_zeros((), bool), _host_zeros((), bool))
+        rest = (t0, t0, t0, run_key, self.dyn) + (extra if with_start else ())
+        compiled = programs.compile(
+            jax.jit(program, donate_argnums=0),
+            lambda: (self._carry_shapes(run_key, S),) + rest,  # traced only when compiling
+            key=("chains", with_start, tries, radius, self.skip, *self.key_parts),
+            key_args=rest)
+        return compiled, compiled.args_info[0][0]
+
+    def _no_given(self):
+        return {n: _host_zeros((self.C,) + tuple(shape), jnp.result_type(float))
+                for n, shape in self.pot.sites.items()}
+
+    def _zeros(self, like):
+        """A carry of zeros shaped as ``like`` (the compiled program's carry argument)."""
+        zeros = jax.tree.map(lambda a: _host_zeros(a.shape, a.dtype), like)
+        return put_leading(zeros, self.mesh, self.C)
 
     # -- the host loop -----------------------------------------------------------------
-    def _loop(self, chunk_c, carry, t, end, base, run_key, bar, offset, save):
+    def _loop(self, chunk, carry, t, end, base, bar, offset, save):
         """Chunks from loop step ``t`` to ``end``: ``(carry, step reached, interrupted)``.
 
         The first chunk is short; later ones are sized from the measured speed to take about
@@ -327,8 +378,7 @@ class _Job:
                 carry, t = latest
                 stop = min(t + size, end)
                 started = time.perf_counter()
-                latest = (chunk_c(carry, as_int(t), as_int(stop), as_int(base), run_key,
-                                  self.dyn), stop)
+                latest = (chunk(carry, as_int(t), as_int(stop), as_int(base)), stop)
                 # Wait for the chunk: a Ctrl-C then stops after it, not after the whole run.
                 jax.block_until_ready(latest[0])
                 rate = (stop - t) / max(time.perf_counter() - started, 1e-6)
@@ -377,27 +427,35 @@ class _Job:
         self._prepare(split, S)
         init_key, run_key = jax.random.split(key)
         num_steps = self.host.num_steps
-        init_program = self._init_program(S, tries, radius)
-        args = (init_key, run_key, self.dyn, given)
+        use_given = given is not None
+        given_arg = (self._no_given() if given is None else
+                     {n: jax.device_put(np.asarray(v, jnp.result_type(float)))
+                      for n, v in given.items()})
+        start_args = (init_key, given_arg, np.asarray(use_given))
         fingerprint = self._fingerprint(key, S, tries, radius, given) if path else None
         t_start = time.perf_counter()
         with compiling(self.label, progress) as programs:
-            restored = self._restore(path, fingerprint, init_program, args) if path else None
-            if restored is None:
-                init_c = programs.compile(
-                    jax.jit(init_program), args,
-                    key=("init", tries, radius, given is not None, *self.key_parts))
-                carry, found, candidates = init_c(*args)
-                t = 0
-            else:
-                carry, t = restored
-            chunk_c = self._compile_chunk(programs, carry, run_key, S)
+            program_c, like = self._compile(programs, run_key, S, tries, radius)
+        restored = self._restore(path, fingerprint, like) if path else None
+
+        def chunk(carry, t0, t1, base, first=False):
+            return program_c(carry, t0, t1, base, run_key, self.dyn, *start_args,
+                             np.asarray(first))
+
         if restored is None:
+            # The first call only starts the chains (no loop step).
+            zero = np.zeros((), np.int32)
+            carry, found, n_grad = chunk(self._zeros(like), zero, zero, zero, first=True)
             found = np.asarray(gather(found))
             if not bool(np.all(found)):
                 if given is not None:
                     raise_nonfinite_start(self.pot, given, found)
-                raise_no_valid_initial(self.pot, gather(candidates), found, radius)
+                raise_no_valid_initial(
+                    self.pot, uniform_candidates(init_key, self.pot.sites, self.C, tries, radius),
+                    found, radius)
+            t, self.search_n_grad = 0, np.asarray(gather(n_grad))
+        else:
+            (carry, t), self.search_n_grad = restored
 
         every = every or max(num_steps // UPDATES, 1)
         last = [t]
@@ -413,8 +471,8 @@ class _Job:
         bar = ProgressBar(init_warmup + num_steps, desc=self.label, enabled=progress,
                           phases=[("warmup", init_warmup + self.skip), ("sample", S)])
         bar.update(init_warmup + t, {})
-        carry, t, interrupted = self._loop(chunk_c, carry, t, num_steps, self.skip, run_key,
-                                           bar, init_warmup, save)
+        carry, t, interrupted = self._loop(lambda *a: chunk(*a)[0], carry, t, num_steps,
+                                           self.skip, bar, init_warmup, save)
         if interrupted and save is not None:
             save(carry, t, force=True)
         if interrupted and t <= self.skip:
@@ -423,7 +481,12 @@ class _Job:
             raise KeyboardInterrupt(
                 f"{self.label} was interrupted {where}: no draws yet"
                 + (f"; the checkpoint {os.fspath(path)!r} resumes it" if path else ""))
-        return self._outputs(carry, run_key, t, S, programs, t_start, interrupted, S)
+        out = self._outputs(carry, run_key, t, S, programs, t_start, interrupted, S)
+        # Gradients before the first kept draw include the initial-point search's.
+        tuning = out[2]
+        tuning["warmup_n_grad"] = (np.asarray(tuning.get("warmup_n_grad", 0))
+                                   + self.search_n_grad).astype(np.int32)
+        return out
 
     def _fingerprint(self, key, S, tries, radius, given) -> dict:
         return {"method": repr(self.method), "num_warmup": self.W, "num_samples": S,
@@ -440,13 +503,15 @@ class _Job:
         arrays = {f"state{i}": ckpt.to_host(x) for i, x in enumerate(jax.tree.leaves(state))}
         arrays.update({f"draws{i}": ckpt.to_host(x[:, :filled])
                        for i, x in enumerate(jax.tree.leaves(buffers))})
+        arrays["search_n_grad"] = np.asarray(self.search_n_grad, np.int32)
         ckpt.write_archive(path, arrays, {
             "kind": "checkpoint", "run": fingerprint, "t": int(t),
             "num_state": len(jax.tree.leaves(state)),
             "num_draws": len(jax.tree.leaves(buffers))})
 
-    def _restore(self, path, fingerprint, init_program, args):
-        """The carry and loop step stored in the checkpoint ``path``, or None if no file."""
+    def _restore(self, path, fingerprint, like):
+        """``((carry, loop step), search gradients)`` stored in the checkpoint ``path``, or
+        None if there is no file; ``like``: the carry's shapes."""
         if not os.path.exists(path):
             return None
         arrays, meta = ckpt.read_archive(path)
@@ -463,16 +528,17 @@ class _Job:
                 + ", ".join(f"{k}={stored.get(k)!r}" for k in differ if k != "key") + "). "
                 "Call infer with the same settings to resume it, or delete the file (or "
                 "pass another checkpoint path) to start afresh.")
-        like_state, like_buffers = jax.eval_shape(init_program, *args)[0]
+        like_state, like_buffers = like
         state = _unflatten(like_state, [arrays[f"state{i}"] for i in range(meta["num_state"])],
                            path)
         buffers = [arrays[f"draws{i}"] for i in range(meta["num_draws"])]
         S = jax.tree.leaves(like_buffers)[0].shape[1]
-        # Slots not yet drawn are zeros, as the init program leaves them.
+        # Slots not yet drawn are zeros, as the first call leaves them.
         buffers = [np.concatenate([b, np.zeros((b.shape[0], S - b.shape[1]) + b.shape[2:],
                                                b.dtype)], axis=1) for b in buffers]
         buffers = _unflatten(like_buffers, buffers, path)
-        return put_leading((state, buffers), self.mesh, self.C), int(meta["t"])
+        searched = arrays.get("search_n_grad", np.zeros(self.C, np.int32))
+        return (put_leading((state, buffers), self.mesh, self.C), int(meta["t"])), searched
 
     # -- more draws from where a run stopped -------------------------------------------
     def extend(self, split, state, n, key, progress):
@@ -481,24 +547,18 @@ class _Job:
             raise ValueError("this state is from a run stopped during warmup; it cannot be "
                              "continued without warmup.")
         run_key = state.run_key() if key is None else key
-        p, sampler, _ = self._traced(self.dyn, n)
-        like = state.treedef
-        if like is None:  # loaded from a file: the structure comes from the model
-            init_key = jax.random.key(0)
-            init_program = self._init_program(n, 1, 2.0)
-            like = jax.eval_shape(init_program, init_key, run_key, self.dyn, None)[0][0]
-        else:
-            like = jax.tree_util.tree_unflatten(like, state.leaves)
-        chain_state = _unflatten(like, state.leaves, "the saved state")
-        buffers = self._buffers(p, sampler, chain_state, run_key, n)
-        carry = put_leading((chain_state, buffers), self.mesh, self.C)
         t_start = time.perf_counter()
         with compiling(self.label, progress) as programs:
-            chunk_c = self._compile_chunk(programs, carry, run_key, n)
+            chunk_c, like = self._compile(programs, run_key, n, with_start=False)
+        if state.treedef is not None:  # else loaded from a file: the structure of `like`
+            like = (jax.tree_util.tree_unflatten(state.treedef, state.leaves), like[1])
+        chain_state = _unflatten(like[0], state.leaves, "the saved state")
+        carry = (put_leading(chain_state, self.mesh, self.C), self._zeros(like[1]))
         bar = ProgressBar(n, desc=self.label, enabled=progress, phases=[("sample", n)])
         end = state.t + n
-        carry, t, interrupted = self._loop(chunk_c, carry, state.t, end, state.t, run_key,
-                                           bar, -state.t, None)
+        chunk = lambda c, t0, t1, base: chunk_c(c, t0, t1, base, run_key, self.dyn)  # noqa: E731
+        carry, t, interrupted = self._loop(chunk, carry, state.t, end, state.t, bar, -state.t,
+                                           None)
         if interrupted and t == state.t:
             raise KeyboardInterrupt(f"{self.label}: interrupted before the first new draw")
         out = self._outputs(carry, run_key, t, n, programs, t_start, interrupted, n,
@@ -516,6 +576,16 @@ def _caller_level() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _host_zeros(shape: tuple, dtype: Any) -> jax.Array:
+    """Zeros made on the host and copied over (``jnp.zeros`` compiles a small program per
+    shape: a few tenths of a second each on the CPU)."""
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        like = jax.eval_shape(lambda: jax.random.key_data(jnp.zeros(shape, dtype)))
+        return jax.random.wrap_key_data(np.zeros(like.shape, like.dtype),
+                                        impl=jax.random.key_impl(jnp.zeros((), dtype)))
+    return jax.device_put(np.zeros(shape, dtype))
 
 
 def _unflatten(like: Any, leaves: list, where: Any) -> Any:

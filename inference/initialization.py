@@ -8,7 +8,7 @@ selection is a traced function, so ``infer`` runs it inside its one compiled pro
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,41 +57,86 @@ def uniform_candidates(key: jax.Array, sites: dict, num_chains: int, tries: int,
     return out
 
 
-def _is_valid(logdensity_fn: Callable, position: Position) -> jax.Array:
-    value, grad = jax.value_and_grad(logdensity_fn)(position)
-    ok = jnp.isfinite(value)
-    for g in jax.tree.leaves(grad):
-        ok = ok & jnp.all(jnp.isfinite(g))
-    return ok
+class InitialSearch(NamedTuple):
+    """What :func:`search_initial` found, per chain (leading axis ``num_chains``).
+
+    Attributes:
+        position: the first valid candidate (the first candidate where none is valid).
+        found: whether the chain has a valid candidate.
+        logdensity, gradient: the log density and its gradient at ``position`` (a sampler
+            can start from them without evaluating the gradient again).
+        n_grad: gradients evaluated for the chain: one per candidate tried up to and
+            including its valid one (all ``limit`` where none is valid), as if it ran alone.
+    """
+
+    position: Position
+    found: jax.Array
+    logdensity: jax.Array
+    gradient: Position
+    n_grad: jax.Array
 
 
-def select_initial(logdensity_fn: Callable, candidates: Position) -> tuple[Position, jax.Array]:
+def search_initial(logdensity_fn: Callable, candidates: Position,
+                   limit: jax.Array | int | None = None) -> InitialSearch:
     """First candidate per chain with a finite log density and gradient (traceable).
 
-    Tries are evaluated one at a time for all chains and the loop stops as soon as every
-    chain has a valid point, so a well-behaved model costs one gradient per chain.
-    Returns ``(positions, found)`` with ``found[c]`` False where chain ``c`` has none.
+    ``candidates``: shape ``(num_chains, tries, *site_shape)`` per site. Tries are evaluated
+    one at a time for all chains, and the loop stops as soon as every chain has a valid
+    point (or after ``limit`` tries, default all of them), so a well-behaved model costs one
+    gradient per chain. The log density's gradient appears once in the program.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> f = lambda p: jnp.where(p["x"] < 1.0, -p["x"] ** 2, -jnp.inf)
+        >>> out = search_initial(f, {"x": jnp.array([[0.5, 0.0], [3.0, 0.25]])})
+        >>> out.position["x"].tolist(), out.found.tolist(), out.n_grad.tolist()
+        ([0.5, 0.25], [True, True], [1, 2])
     """
     leaves = jax.tree.leaves(candidates)
     num_chains, tries = leaves[0].shape[:2]
+    limit = tries if limit is None else limit
     at = lambda t: jax.tree.map(lambda x: x[:, t], candidates)  # noqa: E731
-    check = jax.vmap(lambda p: _is_valid(logdensity_fn, p))
+    # One jitted function, traced once: eval_shape below and the loop body reuse its trace.
+    evaluate = jax.jit(jax.vmap(jax.value_and_grad(logdensity_fn)))
+    value_shape = jax.eval_shape(evaluate, at(0))[0]
 
     def cond(carry):
-        t, _, found = carry
-        return (t < tries) & ~jnp.all(found)
+        t, found = carry[0], carry[2]
+        return (t < limit) & ~jnp.all(found)
 
     def body(carry):
-        t, chosen, found = carry
-        ok = check(at(t)) & ~found
-        chosen = jax.tree.map(
-            lambda c, x: jnp.where(ok.reshape((-1,) + (1,) * (c.ndim - 1)), x, c), chosen, at(t)
-        )
-        return t + 1, chosen, found | ok
+        t, chosen, found, value, grad, n = carry
+        new_value, new_grad = evaluate(at(t))
+        ok = jnp.isfinite(new_value)
+        for g in jax.tree.leaves(new_grad):
+            ok = ok & jnp.all(jnp.isfinite(g), axis=tuple(range(1, jnp.ndim(g))))
+        ok = ok & ~found
+        pick = lambda new, old: jnp.where(  # noqa: E731
+            ok.reshape((-1,) + (1,) * (jnp.ndim(old) - 1)), new, old)
+        return (t + 1, jax.tree.map(pick, at(t), chosen), found | ok, pick(new_value, value),
+                jax.tree.map(pick, new_grad, grad), n + (~found).astype(n.dtype))
 
-    init = (jnp.zeros((), jnp.int32), at(0), jnp.zeros((num_chains,), bool))
-    _, chosen, found = jax.lax.while_loop(cond, body, init)
-    return chosen, found
+    init = (jnp.zeros((), jnp.int32), at(0), jnp.zeros((num_chains,), bool),
+            jnp.zeros(value_shape.shape, value_shape.dtype), jax.tree.map(jnp.zeros_like, at(0)),
+            jnp.zeros((num_chains,), jnp.int32))
+    _, chosen, found, value, grad, n = jax.lax.while_loop(cond, body, init)
+    return InitialSearch(chosen, found, value, grad, n)
+
+
+def select_initial(logdensity_fn: Callable, candidates: Position) -> tuple[Position, jax.Array]:
+    """First candidate per chain with a finite log density and gradient (traceable):
+    ``(positions, found)`` with ``found[c]`` False where chain ``c`` has none (see
+    :func:`search_initial`, which also returns the values and the gradients counted).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> f = lambda p: jnp.where(p["x"] < 1.0, 0.0, jnp.nan)
+        >>> x, found = select_initial(f, {"x": jnp.array([[2.0, 0.5]])})
+        >>> x["x"].tolist(), found.tolist()
+        ([0.5], [True])
+    """
+    out = search_initial(logdensity_fn, candidates)
+    return out.position, out.found
 
 
 def raise_no_valid_initial(

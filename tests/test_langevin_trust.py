@@ -181,8 +181,9 @@ def test_burn_in_and_draw_gradients_exactly(method, per_step):
 
     r = inference.infer(model, method=method, num_warmup=7, num_samples=5, num_chains=2,
                         key=0, progress=False)
-    # Burn-in: the initial state's gradient, then 7 steps; each draw: 2 thinned steps.
-    assert np.asarray(r.tuning["warmup_n_grad"]).tolist() == [1 + 7 * per_step] * 2
+    # Before the draws: the initial-point search (the first candidate is valid), the
+    # initial state's gradient, then 7 steps; each draw: 2 thinned steps.
+    assert np.asarray(r.tuning["warmup_n_grad"]).tolist() == [1 + 1 + 7 * per_step] * 2
     assert np.all(np.asarray(r.stats["n_grad"]) == 2 * per_step)
 
 

@@ -33,8 +33,9 @@ class NUTS(ChainMethod):
     expanding windows. All chains run with ``jax.vmap`` in one compiled program.
 
     Gradients: ``stats["n_grad"]`` counts each kept draw's (its leapfrog steps), and
-    ``tuning["warmup_n_grad"]`` each chain's warmup total; a run's total is their sum plus
-    the initial-point search (one gradient per candidate tried, usually one per chain).
+    ``tuning["warmup_n_grad"]`` each chain's before its first kept draw: the initial-point
+    search (one per candidate tried, usually one; the chain starts from the value and
+    gradient found there) and the warmup transitions. A run's total is their sum.
 
     Example:
         >>> import jax, numpyro.distributions as dist, ppl, inference
@@ -108,23 +109,28 @@ class NUTS(ChainMethod):
             )
             return _Warmup(da, mm, step_size.astype(w.step_size.dtype), mm.inverse_mass_matrix)
 
-        def init(key, positions):
-            del key
-            num_chains = jax.tree.leaves(positions)[0].shape[0]
+        def start(state):
+            num_chains = state.logdensity.shape[0]
             chains = jnp.arange(num_chains)
-            state = jax.vmap(lambda p: blackjax.nuts.init(p, logdensity_fn))(positions)
-            dim = sum(x[0].size for x in jax.tree.leaves(positions))
+            dim = sum(x[0].size for x in jax.tree.leaves(state.position))
             mm0 = jax.vmap(lambda _: mm_init(dim))(chains)
-            dtype = state.logdensity.dtype
             w = _Warmup(
                 jax.vmap(lambda _: da_init(init_step_size))(chains),
                 mm0,
-                jnp.full((num_chains,), init_step_size, dtype),
+                jnp.full((num_chains,), init_step_size, state.logdensity.dtype),
                 mm0.inverse_mass_matrix,
             )
-            # Divergences during warmup and during sampling.
             # Divergences (warmup, sampling) and each chain's warmup gradients.
             return state, w, jnp.zeros(2, jnp.int32), jnp.zeros((num_chains,), jnp.int32)
+
+        def init(key, positions):
+            del key
+            return start(jax.vmap(lambda p: blackjax.nuts.init(p, logdensity_fn))(positions))
+
+        def init_from_gradient(key, positions, logdensity, gradient):
+            # The initial-point search evaluated them already: no gradient compiled again.
+            del key
+            return start(blackjax.mcmc.hmc.HMCState(positions, logdensity, gradient))
 
         def step(carry, t, key):
             state, w, n_div, n_warm = carry
@@ -163,4 +169,4 @@ class NUTS(ChainMethod):
             return {"step size": jnp.mean(w.step_size), "divergences": n_div[1]}
 
         return Sampler(init, step, loop_warmup=W, num_steps=W + num_samples, tuning=tuning,
-                       postfix=postfix)
+                       postfix=postfix, init_from_gradient=init_from_gradient)

@@ -324,6 +324,8 @@ class Compiling:
 
         ``key``: what decides the program besides the shapes of ``key_args`` (default
         ``args``), e.g. the model, the method and the static data; ``None``: do not cache.
+        ``args`` may be a function returning them (arrays or ``jax.ShapeDtypeStruct``),
+        called only when the program is really compiled; ``key_args`` is then required.
         ``relay``: a :class:`inference.progress.Relay` the program's host callbacks report
         to; then ``(compiled, relay)`` is returned, the relay being the one the program was
         compiled with (a cached program keeps its own), for the caller to point at its bar.
@@ -365,6 +367,8 @@ class Compiling:
         it was really compiled here. JAX's cached executables cannot be stored again, so a
         hit there is noted, and the next process compiles with JAX's cache bypassed."""
         fresh = stable is not None and program_store.wants_fresh_compile(stable)
+        if callable(args):  # arguments (or their shapes) that cost a trace to make
+            args = args()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             lowered = jitted.lower(*args)
