@@ -117,17 +117,20 @@ def infer(
             distribution). Methods that run on the model (SMC, NeuTra) split their chains
             too; VI runs on one device.
         init_params: MCMC methods (``inference.ChainMethod``: NUTS, MALA, ULA, Underdamped,
-            RandomizedMidpoint, SGLD, SGHMC) only: ``{site: value}`` starting every chain at
+            RandomizedMidpoint, SGLD, SGHMC): ``{site: value}`` starting every chain at
             these constrained values (a site's shape, or ``(num_chains, *shape)`` for one
             per chain) instead of Stan's random points; every latent site needs one.
-        checkpoint, checkpoint_every: MCMC methods only: a file (``.npz``) where the chains'
+            ``VI``: ``{param site: constrained value}`` starting the fit there (e.g. a
+            previous VI result's ``tuning["params"]``; others keep their initial values).
+        checkpoint, checkpoint_every: MCMC methods: a file (``.npz``) where the chains'
             state and draws so far are written every ``checkpoint_every`` steps (warmup
             and sampling; default: every twentieth of the run) and at the end. If the file
             exists, the run resumes from it: after a crash, the same call again finishes
             the run with the same draws as an uninterrupted one (a finished run's file gives
             its draws back at once). It must come from the same
             call (method, counts, key, data; the model's code is not compared), else a
-            ``ValueError`` says what differs.
+            ``ValueError`` says what differs. ``VI``: the fit's parameters and optimizer
+            state, resumed the same way (:func:`inference.fit`).
         diagnostics: warn (one line each, :class:`inference.diagnostics.DiagnosticWarning`)
             about what ``result.diagnose()`` finds: R-hat > 1.01, bulk ESS < 100 per chain,
             divergences, maximum tree depth hits, E-BFMI < 0.3. ``False`` silences them
@@ -136,8 +139,9 @@ def infer(
     Ctrl-C (``KeyboardInterrupt``) during the draws of an MCMC method stops at the end of the
     chunk in flight (chunks are sized to take about a second) and *returns* a Result with the draws
     made so far, with a warning saying how many; ``result.extend(n)`` continues those chains.
-    Interrupted during warmup, or by a method that is not MCMC, the ``KeyboardInterrupt``
-    propagates.
+    During ``VI``'s fit it stops the fit likewise and returns draws from the guide fitted so
+    far, with a warning. Interrupted during warmup, or by another method, the
+    ``KeyboardInterrupt`` propagates.
 
     Returns:
         A :class:`Result` with ``samples`` of shape (chains, draws, *site_shape) for every

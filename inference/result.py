@@ -112,7 +112,9 @@ class Result:
                devices: Any = None, diagnostics: bool = True) -> "Result":
         """A new Result with ``num_samples`` more draws per chain appended, continuing the
         same chains from where they stopped with the step size and mass matrix warmup
-        chose (no new warmup). MCMC methods (``inference.ChainMethod``) only.
+        chose (no new warmup). MCMC methods (``inference.ChainMethod``), and ``VI``, whose
+        extension is ``num_samples`` more independent draws per chain from the fitted guide
+        (no fitting; new draws each time, with the run's key folded with the draws made).
 
         With ``key=None`` the chains go on with the run's own keys: ``r.extend(n)`` has,
         bit for bit, the draws of a run ``n`` draws longer with the same key, and
@@ -143,7 +145,7 @@ class Result:
         if self.state is None or not hasattr(self.method, "extend"):
             raise ValueError(
                 f"this Result (method {type(self.method).__name__}) has no chain state to "
-                "continue: extend works for MCMC methods (NUTS, MALA, ...), on a Result "
+                "continue: extend works for MCMC methods (NUTS, MALA, ...) and VI, on a Result "
                 "from infer, from result.extend, or from inference.load_result.")
         if self.model is None:
             raise ValueError(

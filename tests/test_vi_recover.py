@@ -168,3 +168,95 @@ def test_fit_refuses_to_continue_with_another_optimizer():
     r = inference.fit(objective, p0, Y, steps=10, optimizer=optax.adam(0.05), progress=False)
     with pytest.raises(ValueError, match="state of another optimizer"):
         inference.fit(objective, r, Y, steps=10, optimizer=optax.sgd(0.05), progress=False)
+
+
+# -- infer(method=VI(...)) -------------------------------------------------------------------
+VI_STEPS = 140
+
+
+def _vi(**kw):
+    return inference.VI(steps=VI_STEPS, optimizer=optax.adam(0.05), **kw)
+
+
+def _infer(**kw):
+    kw = {"num_samples": 50, "num_chains": 2, "key": 4, "diagnostics": False,
+          "progress": False, **kw}
+    return inference.infer(model, Y, method=kw.pop("method", _vi()), **kw)
+
+
+class _BarAt:
+    """Replace run_steps' progress bar by one that raises at its ``at``-th report."""
+
+    def __init__(self, monkeypatch, at, error=KeyboardInterrupt):
+        import inference.training as training
+
+        class Bar(StopAt):
+            def __init__(self, total, desc="", enabled=True, phases=None):
+                super().__init__(total, at, error)
+
+        monkeypatch.setattr(training, "ProgressBar", Bar)
+
+
+def test_infer_vi_ctrl_c_draws_from_the_guide_fitted_so_far(monkeypatch):
+    """Ctrl-C during VI's fit: infer returns a Result whose draws come from the guide
+    fitted so far (its params are those of a fit of that many steps), with a warning."""
+    _BarAt(monkeypatch, 3)
+    with pytest.warns(UserWarning, match=r"VI: interrupted \(KeyboardInterrupt\) after 21 of "
+                                         r"140 fit steps; drawing from the guide fitted so far"):
+        r = _infer(progress=True)
+    assert r.tuning["fit_steps"] == 21 and r.tuning["objective"].shape == (21,)
+    assert r.samples["mu"].shape == (2, 50)
+    monkeypatch.undo()
+    short = _infer(method=inference.VI(steps=21, optimizer=optax.adam(0.05)))
+    assert _same(r.tuning["unconstrained_params"], short.tuning["unconstrained_params"])
+
+
+def test_infer_vi_checkpoint_resumes_a_crashed_fit_with_the_same_draws(tmp_path, monkeypatch):
+    """A crash during the fit leaves the checkpoint; the same infer call again resumes the
+    fit and gives the draws of an uninterrupted run, bit for bit."""
+    path = tmp_path / "vi.npz"
+    full = _infer()
+    _BarAt(monkeypatch, 4, RuntimeError)
+    with pytest.raises(RuntimeError, match="simulated"):
+        _infer(progress=True, checkpoint=path, checkpoint_every=14)
+    monkeypatch.undo()
+    resumed = _infer(checkpoint=path, checkpoint_every=14)
+    assert _same(resumed.samples, full.samples) and _same(resumed.stats, full.stats)
+    assert _same(resumed.tuning["objective"], full.tuning["objective"])
+
+
+def test_infer_vi_init_params_are_constrained_param_values():
+    """init_params: constrained values of param sites by name. A previous result's
+    tuning['params'] starts the fit where it ended (with a zero learning rate the params
+    stay there, up to the constrain/unconstrain round trip); a latent site's name is
+    refused with the names that are accepted."""
+    r = _infer()
+    still = _infer(method=inference.VI(steps=VI_STEPS, optimizer=optax.sgd(0.0)),
+                   init_params=r.tuning["params"])
+    for name, value in r.tuning["params"].items():
+        np.testing.assert_allclose(still.tuning["params"][name], value, rtol=1e-5)
+    with pytest.raises(ppl.ModelError, match=r"init_params has entries \['mu'\].*guide.mu.loc"):
+        _infer(init_params={"mu": 1.0})
+
+
+def test_vi_result_extend_draws_more_from_the_fitted_guide(tmp_path):
+    """result.extend(n): n more independent draws per chain from the fitted guide (new
+    ones, not repeats), appended with their stats; a saved and loaded result extends too."""
+    r = _infer()
+    more = r.extend(30, progress=False, diagnostics=False)
+    assert more.samples["mu"].shape == (2, 80) and more.stats["lp"].shape == (2, 80)
+    assert _same(more.samples["mu"][:, :50], r.samples["mu"])
+    assert not np.any(np.isin(np.asarray(more.samples["mu"][:, 50:]), np.asarray(r.samples["mu"])))
+    again = more.extend(30, progress=False, diagnostics=False)
+    assert not np.any(np.isin(np.asarray(again.samples["mu"][:, 80:]),
+                              np.asarray(more.samples["mu"][:, 50:])))
+    path = tmp_path / "r.npz"
+    r.save(path)
+    loaded = inference.load_result(path, model, Y)
+    # Its optimizer (an optax object) is not stored, so the method is set again, as the
+    # error says.
+    with pytest.raises(ValueError, match="set result.method"):
+        loaded.extend(30, progress=False)
+    loaded.method = r.method
+    assert _same(loaded.extend(30, progress=False, diagnostics=False).samples["mu"],
+                 more.samples["mu"])

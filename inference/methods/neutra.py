@@ -49,12 +49,14 @@ from numpyro import handlers
 
 import ppl
 from inference.vi import guides as guides_lib
-from inference.vi.fit import fit
+from inference.vi.enumerated import enumerated_log_density, marginal_program
+from inference.vi.fit import _fit
 from inference.flows import FlowSpec, check_kind
 from inference.methods.nuts import NUTS
-from inference.progress import ProgressBar
 from inference.vi import VI, _bind
 from inference.method import Method, Outputs, Request
+from ppl.enumeration import enumerated_sites, enumeration_of
+from ppl.tracing import trace_model
 
 __all__ = ["NeuTra", "transported_model"]
 
@@ -63,14 +65,18 @@ BASE_SITE = "_neutra.z"
 
 
 def transported_model(model: Callable, spec: FlowSpec, theta: jax.Array,
-                      sites: dict, model_params: dict | None = None) -> Callable:
+                      sites: dict, model_params: dict | None = None,
+                      log_density: Callable | None = None) -> Callable:
     """The model in the flow's base space: latent ``"_neutra.z" ~ N(0, I_D)``, a factor for
     ``log p(x(z)) + log |det dx/dz| - log N(z)``, and the original latent and deterministic
     sites as ``numpyro.deterministic`` sites.
 
     ``sites`` is :func:`inference.guides.latent_site_info` of the model; ``theta`` the flow
     weights (``spec.size``); ``model_params`` constrained values for the model's own
-    ``numpyro.param`` sites, if any.
+    ``numpyro.param`` sites, if any. ``log_density(values, *args, **kwargs)``: the model's
+    log density at constrained ``values`` of the sites, when it is not the sum of its
+    trace's sites (a model whose enumerated discrete sites are summed out,
+    :func:`inference.vi.enumerated.enumerated_log_density`).
 
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist, ppl
@@ -102,11 +108,14 @@ def transported_model(model: Callable, spec: FlowSpec, theta: jax.Array,
         with handlers.block():
             trace = handlers.trace(handlers.seed(handlers.substitute(
                 handlers.substitute(model, data=params), data=values), 0)).get_trace(*args, **kwargs)
-        log_p = jnp.zeros(())
-        for site in trace.values():
-            if site["type"] == "sample":
-                term = jnp.sum(site["fn"].log_prob(site["value"]))
-                log_p = log_p + (term if site.get("scale") is None else site["scale"] * term)
+        if log_density is not None:
+            log_p = log_density(values, *args, **kwargs)
+        else:
+            log_p = jnp.zeros(())
+            for site in trace.values():
+                if site["type"] == "sample":
+                    term = jnp.sum(site["fn"].log_prob(site["value"]))
+                    log_p = log_p + (term if site.get("scale") is None else site["scale"] * term)
         numpyro.factor("_neutra.log_weight", log_p + log_det - base.log_prob(z))
         for name in sites:
             numpyro.deterministic(name, values[name])
@@ -154,6 +163,9 @@ class NeuTra(Method):
     handles_discrete: ClassVar[bool] = False
     #: Its draws are Markov chains: ``Result.diagnose`` checks R-hat and ESS.
     markov_chains: ClassVar[bool] = True
+    #: The flow is fitted to, and the kernel runs on, the density with the enumerated
+    #: discrete sites summed out (``infer`` draws them afterwards).
+    sums_out_enumerated: ClassVar[bool] = True
 
     def __post_init__(self):
         object.__setattr__(self, "flow", check_kind(self.flow, "NeuTra"))
@@ -192,18 +204,29 @@ class NeuTra(Method):
         """Fit the flow, then run the kernel on the transported model: ``(samples, stats,
         tuning, timing)`` for :class:`inference.Result`, draws of the original sites."""
         progress = request.progress
+        trace = request.trace if request.trace is not None else trace_model(
+            model, *args, **kwargs)
+        enumeration = (enumeration_of(model, tuple(args), dict(kwargs), trace)
+                       if enumerated_sites(trace) else None)
         model_k = _bind(model, kwargs)
         guide = self.make_guide(model_k)
         vi = self._vi()
-        objective = vi.make_objective(model_k, guide)
+        # The density the flow is fitted to and the kernel runs on: with the enumerated
+        # discrete sites summed out (infer draws them afterwards).
+        density = (model_k if enumeration is None
+                   else marginal_program(model_k, tuple(args), {}, trace, enumeration))
+        objective = vi.make_objective(density, guide)
         init_key, fit_key, run_key = jax.random.split(request.key, 3)
         params = ppl.init_params((model_k, guide), init_key, *args)
 
         t0 = time.perf_counter()
-        bar = ProgressBar(self.vi_steps, desc="NeuTra VI", enabled=progress)
         optimizer = optax.adam(1e-3) if self.optimizer is None else self.optimizer
-        fitted = fit(objective, params, *args, optimizer=optimizer, steps=self.vi_steps,
-                     key=fit_key, progress=bar)
+        fitted = _fit(objective, params, *args, optimizer=optimizer, steps=self.vi_steps,
+                      key=fit_key, progress=progress, owner="NeuTra VI", warn_interrupt=False)
+        if fitted.interrupted:
+            raise KeyboardInterrupt(
+                f"NeuTra was interrupted during its flow fit (step {fitted.step} of "
+                f"{self.vi_steps}): no draws yet")
         t1 = time.perf_counter()
         constrained = ppl.constrain_params((model_k, guide), fitted.params, *args)
         sites = guides_lib.latent_site_info(model_k, *args)
@@ -212,7 +235,14 @@ class NeuTra(Method):
         prefix = "guide"
         theta = constrained[f"{prefix}.flow"]
         model_params = {k: v for k, v in constrained.items() if k != f"{prefix}.flow"}
-        transported = transported_model(model_k, spec, theta, sites, model_params)
+        log_density = None
+        if enumeration is not None:
+            inner = handlers.substitute(model_k, data=model_params) if model_params else model_k
+
+            def log_density(values, *a, **kw):
+                return enumerated_log_density(inner, enumeration, a, kw, values)
+
+        transported = transported_model(model_k, spec, theta, sites, model_params, log_density)
         samples, stats, kernel_tuning, kernel_timing = self.kernel.run(
             transported, tuple(args), {}, request._replace(key=run_key, trace=None))
         samples = {k: v for k, v in samples.items() if not k.startswith("_neutra")}

@@ -99,6 +99,9 @@ def _subsampled(plate_site: dict | None) -> bool:
 def latent_site_info(model: Callable, *args: Any, **kwargs: Any) -> OrderedDict[str, SiteInfo]:
     """The continuous latent sites of ``model(*args, **kwargs)`` in model order.
 
+    Discrete sites marked for enumeration (``infer={"enumerate": "parallel"}``) are left
+    out: the density the guide is fitted to sums them out (:mod:`inference.vi.enumerated`).
+
     The model runs once with each latent site at the zero of its unconstrained space, inside
     ``handlers.block`` so that enclosing handlers (an objective's, a trace's) never see it.
     A discrete latent site, or a latent site inside a subsampled plate (whose guide
@@ -120,12 +123,16 @@ def latent_site_info(model: Callable, *args: Any, **kwargs: Any) -> OrderedDict[
         if site["type"] != "sample" or site["is_observed"]:
             continue
         fn = site["fn"]
+        if fn.support.is_discrete and (site.get("infer") or {}).get("enumerate") is not None:
+            continue  # summed out of the model's density (inference.vi.enumerated)
         if fn.support.is_discrete:
             raise ModelError(
                 f"guide for model {model_name(model)}: latent site '{name}' is discrete "
                 f"({type(fn).__name__}); the Normal guides cover continuous sites only. "
-                "Marginalise it out in the model, or write a guide that samples it (e.g. with "
-                "infer={'grad': 'enum'}) and pass it as guide=..."
+                "Mark it infer={'enumerate': 'parallel'} to sum it out of the model's "
+                "density (infer draws it afterwards), marginalise it out in the model, or "
+                "write a guide that samples it (e.g. with infer={'grad': 'enum'}) and pass "
+                "it as guide=..."
             )
         if any(_subsampled(trace.get(f.name)) for f in site["cond_indep_stack"]):
             raise ModelError(

@@ -17,6 +17,22 @@ as the optimizer holds them: what to save, and what :meth:`VI.fitted_guide`,
 reading: e.g. the guide's scales; a ``ppl.params.ConstrainedParams``, which
 ``ppl.with_params`` refuses).
 
+Enumerated discrete sites (``infer={"enumerate": "parallel"}``, or a model wrapped in
+``numpyro.contrib.funsor.config_enumerate``): the guide covers the continuous sites only and
+is fitted to the model's density with the discrete sites summed out exactly
+(:mod:`inference.vi.enumerated`, the density of :func:`ppl.potential`); ``lp`` is that
+marginal density, and ``infer`` draws the discrete sites afterwards from their exact
+conditionals given each guide draw.
+
+Long runs: Ctrl-C during the fit stops at the end of the chunk in flight and draws from
+the guide fitted so far (a warning says after how many steps; ``tuning["fit_steps"]``).
+``infer(..., init_params=...)`` starts the fit from given *constrained* values of param
+sites by name, e.g. a previous result's ``tuning["params"]`` (:meth:`VI.initial_params`);
+``checkpoint=``/``checkpoint_every=`` write the fit's parameters and optimizer state (see
+:func:`inference.fit`), so that the same call after a crash resumes the fit and gives the
+same draws, bit for bit. ``result.extend(n)`` draws ``n`` more per chain from the fitted
+guide (no fitting; a saved and loaded result too, given its model).
+
 Saving and rebuilding a fitted guide (the one way): save
 ``result.tuning["unconstrained_params"]`` (a dict of arrays: ``np.savez``, pickle, ...), and
 rebuild with ``VI(...).fitted_guide(model, params)`` under the same guide settings. The
@@ -47,12 +63,14 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import numbers
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,9 +81,14 @@ import ppl
 from inference.vi import guides as guides_lib
 from inference.arguments import split_arguments, static_part
 from inference.programs.cache import compiling
-from inference.vi.fit import fit
-from inference.progress import ProgressBar
-from inference.method import Method, Outputs, Request
+from inference import checkpoint as ckpt
+from inference.chains import ChainOutputs, _caller_level, _unflatten
+from inference.vi.enumerated import continuous_sites, marginal_program
+from inference.vi.fit import _fit
+from inference.method import OPTIONS, Method, Outputs, Request
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+from ppl.enumeration import enumerated_sites, enumeration_of
 from ppl.errors import ModelError
 from ppl.tracing import latent_sites, model_name, trace_model
 
@@ -148,8 +171,11 @@ class VI(Method):
         num_particles: independent objective estimates averaged per step.
 
     ``infer``'s ``num_warmup`` does not apply to VI (``steps`` is its own budget).
-    Models with discrete latent sites are refused by ``infer`` under ``VI`` (use
-    :func:`inference.fit` with a guide that samples them).
+    Discrete sites marked for enumeration are summed out of the density the guide is
+    fitted to (the guide covers the continuous sites; ``infer`` draws the discrete ones
+    afterwards); other discrete latent sites are refused by ``infer`` under ``VI`` (use
+    :func:`inference.fit` with a guide that samples them). ``infer``'s ``init_params``,
+    ``checkpoint`` and ``checkpoint_every`` apply to the fit (module docstring).
 
     The fitted params are in the result's ``tuning["unconstrained_params"]``; save them and
     rebuild the fitted guide with :meth:`fitted_guide` (see the module docstring).
@@ -168,6 +194,11 @@ class VI(Method):
 
     handles_discrete: ClassVar[bool] = False
     learns_params: ClassVar[bool] = True
+    #: The density it fits the guide to sums out the enumerated discrete sites.
+    sums_out_enumerated: ClassVar[bool] = True
+    #: Its fit and draws run on one device.
+    splits_devices: ClassVar[bool] = False
+    options: ClassVar[frozenset] = frozenset(OPTIONS)
 
     def __post_init__(self):
         for name in ("steps", "num_particles"):
@@ -274,14 +305,15 @@ class VI(Method):
         return ppl.with_params(self.make_guide(model), values)
 
     # -- the infer hook ------------------------------------------------------------------
-    def draw(self, model: Callable, args: tuple, kwargs: dict, request: Request) -> Outputs:
-        """Fit and sample: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`.
-
-        ``num_warmup`` is unused: VI's budget is its own ``steps``. ``samples`` and ``stats``
-        have leading axes ``(num_chains, num_samples)``.
-        """
-        key, num_samples, num_chains = request.key, request.num_samples, request.num_chains
-        progress = request.progress
+    def _setup(self, model: Callable, args: tuple, kwargs: dict,
+               trace: dict | None) -> "_Setup":
+        """The model, guide and data as the objective takes them (keyword data as one
+        trailing positional argument), the density the guide is fitted to (enumerated
+        discrete sites summed out) and the latent sites the guide covers."""
+        if trace is None:
+            trace = trace_model(model, *args, **kwargs)
+        enumeration = (enumeration_of(model, tuple(args), dict(kwargs), trace)
+                       if enumerated_sites(trace) else None)
         if kwargs:  # the keyword data travel as one trailing positional argument
             model_k, args = _keywords_last(model), (*args, dict(kwargs))
             guide_k = (self.make_guide(model_k) if isinstance(self.guide, str)
@@ -289,36 +321,174 @@ class VI(Method):
         else:
             model_k = model
             guide_k = self.make_guide(model) if isinstance(self.guide, str) else self.guide
-        objective = self.make_objective(model_k, guide_k)
+        density = (model_k if enumeration is None
+                   else marginal_program(model_k, args, {}, trace, enumeration))
+        latent = list(continuous_sites(trace, enumeration))
+        return _Setup(model_k, guide_k, density, tuple(args), latent,
+                      () if enumeration is None else enumeration.sites)
+
+    def draw(self, model: Callable, args: tuple, kwargs: dict, request: Request) -> Outputs:
+        """Fit and sample: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`,
+        with the fitted guide as ``.state`` (what ``Result.extend`` draws more from).
+
+        ``num_warmup`` is unused: VI's budget is its own ``steps``. ``samples`` and ``stats``
+        have leading axes ``(num_chains, num_samples)``. ``request.init_params``: initial
+        constrained values of param sites (see :meth:`initial_params`);
+        ``request.checkpoint``/``checkpoint_every``: the fit's file (:func:`inference.fit`).
+        """
+        key, num_samples, num_chains = request.key, request.num_samples, request.num_chains
+        setup = self._setup(model, args, kwargs, request.trace)
+        model_k, guide_k, args = setup.model, setup.guide, setup.args
+        objective = self.make_objective(setup.density, guide_k)
         init_key, fit_key, draw_key = jax.random.split(key, 3)
 
         params = ppl.init_params((model_k, guide_k), init_key, *args)
-        latent = list(latent_sites(trace_model(model_k, *args)))
         drawn = trace_model(ppl.with_params(guide_k, params), *args, key=init_key)
-        missing = [n for n in latent if n not in drawn or drawn[n]["type"] != "sample"]
+        missing = [n for n in setup.latent if n not in drawn or drawn[n]["type"] != "sample"]
         if missing:
             raise ModelError(
                 f"VI: guide {model_name(guide_k)} does not sample the latent site(s) {missing} "
                 f"of model {model_name(model)}; a guide must sample every latent site, under "
                 "the same name."
             )
+        summed = [n for n in setup.summed if n in drawn and drawn[n]["type"] == "sample"]
+        if summed:
+            raise ModelError(
+                f"VI: guide {model_name(guide_k)} samples site(s) {summed}, which model "
+                f"{model_name(model)} marks for enumeration: they are summed out of the "
+                "density the guide is fitted to (and drawn afterwards from their exact "
+                "conditionals). Drop them from the guide, or remove the enumerate mark."
+            )
+        if request.init_params is not None:
+            params = self.initial_params(params, request.init_params, (model_k, guide_k), args)
 
         t0 = time.perf_counter()
-        bar = ProgressBar(self.steps, desc="VI", enabled=progress)
         optimizer = optax.adam(1e-2) if self.optimizer is None else self.optimizer
-        fitted = fit(objective, params, *args, optimizer=optimizer, steps=self.steps,
-                     key=fit_key, progress=bar)
+        fitted = _fit(objective, params, *args, optimizer=optimizer, steps=self.steps,
+                      key=fit_key, progress=request.progress, checkpoint=request.checkpoint,
+                      checkpoint_every=request.checkpoint_every, owner="VI",
+                      warn_interrupt=False)
+        if fitted.interrupted:
+            warnings.warn(
+                f"VI: interrupted (KeyboardInterrupt) after {fitted.step} of {self.steps} fit "
+                "steps; drawing from the guide fitted so far (result.tuning['fit_steps'])."
+                + (" The same infer call resumes the fit from its checkpoint."
+                   if request.checkpoint is not None else
+                   " Pass init_params=result.tuning['params'] to go on from it."),
+                UserWarning, stacklevel=_caller_level())
         t1 = time.perf_counter()
         constrained = ppl.constrain_params((model_k, guide_k), fitted.params, *args)
-        samples, stats = _draw(model_k, guide_k, constrained, args, latent, draw_key,
-                               num_chains * num_samples)
-        reshape = lambda x: x.reshape((num_chains, num_samples) + x.shape[1:])  # noqa: E731
-        samples, stats = jax.tree.map(reshape, samples), jax.tree.map(reshape, stats)
+        n = num_chains * num_samples
+        samples, stats = _draw(model_k, guide_k, constrained, args, setup.latent, draw_key, n,
+                               setup.density)
+        samples, stats = _by_chain((samples, stats), num_chains, num_samples)
         jax.block_until_ready((samples, stats))
         t2 = time.perf_counter()
         tuning = {"objective": fitted.values, "unconstrained_params": fitted.params,
-                  "params": constrained}
-        return samples, stats, tuning, {"fit": t1 - t0, "sample": t2 - t1}
+                  "params": constrained, "fit_steps": fitted.step}
+        leaves, treedef = jax.tree_util.tree_flatten(fitted.params)
+        state = ckpt.ChainState(
+            [ckpt.to_host(x) for x in leaves], treedef,
+            ckpt.to_host(jax.random.key_data(draw_key)), str(jax.random.key_impl(draw_key)),
+            n, 0, num_chains, num_samples, num_samples)
+        return ChainOutputs(samples, stats, tuning, {"fit": t1 - t0, "sample": t2 - t1}, state)
+
+    def initial_params(self, params: dict, given: Mapping[str, Any], programs: tuple,
+                       args: tuple) -> dict:
+        """``params`` (unconstrained, from ``ppl.init_params``) with the entries of ``given``
+        in their place: *constrained* values of the model's and guide's param sites, by
+        name, as a fitted result's ``tuning["params"]`` holds them (so a result, or its
+        saved file, starts another fit where it ended); sites not in ``given`` keep their
+        initial values. ``infer(..., method=VI(...), init_params=...)`` calls it.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist, ppl
+            >>> def model():
+            ...     numpyro.sample("s", dist.LogNormal(0.0, 1.0))
+            >>> vi = VI()
+            >>> guide = vi.make_guide(model)
+            >>> p0 = ppl.init_params((model, guide), jax.random.key(0))
+            >>> p = vi.initial_params(p0, {"guide.s.scale": 0.5}, (model, guide), ())
+            >>> round(float(ppl.constrain_params(guide, p)["guide.s.scale"]), 4)
+            0.5
+        """
+        if not isinstance(given, Mapping):
+            raise TypeError(
+                f"infer(method=VI(...), init_params=...): expected a dict from param-site name "
+                f"to constrained value (e.g. a VI result's tuning['params']), got "
+                f"{type(given).__name__}.")
+        sites = {}
+        for program in programs:
+            for name, site in trace_model(program, *args).items():
+                if site["type"] == "param":
+                    sites.setdefault(name, site)
+        unknown = sorted(str(k) for k in given if k not in params)
+        if unknown:
+            raise ModelError(
+                f"VI: init_params has entries {unknown} that are not param sites of the guide "
+                f"or the model; VI's init_params are the param sites' constrained values "
+                f"(a VI result's tuning['params']), here {sorted(params)}"
+                + ("; latent sites are not set directly (set their guide's params, e.g. "
+                   "'guide.<site>.loc')" if any(not str(k).startswith("guide") for k in unknown)
+                   else "") + ".")
+        out = dict(params)
+        for name, value in given.items():
+            constraint = sites[name]["kwargs"].get("constraint") or constraints.real
+            value = jax.tree.map(jnp.asarray, value)
+            inv = biject_to(constraint).inv
+            unconstrained = jax.tree.map(lambda v: inv(v).astype(jnp.result_type(v)), value)
+            if jax.tree_util.tree_structure(unconstrained) != jax.tree_util.tree_structure(
+                    params[name]) or any(jnp.shape(a) != jnp.shape(b) for a, b in zip(
+                    jax.tree.leaves(unconstrained), jax.tree.leaves(params[name]))):
+                raise ModelError(
+                    f"VI: init_params['{name}'] has shape "
+                    f"{[tuple(jnp.shape(a)) for a in jax.tree.leaves(value)]}, the param site "
+                    f"has {[tuple(jnp.shape(a)) for a in jax.tree.leaves(params[name])]}; pass "
+                    "values of the param site's shape.")
+            out[name] = unconstrained
+        return out
+
+    def extend(self, model: Callable, args: tuple, kwargs: dict, *, state: ckpt.ChainState,
+               num_samples: int, key: jax.Array | None = None, progress: bool = True,
+               devices: Any = None) -> Outputs:
+        """``num_samples`` more independent draws per chain from the fitted guide in
+        ``state`` (a result's ``.state``): what ``Result.extend`` runs for VI; no fitting.
+
+        With ``key=None`` the draws use the run's own key, folded with the number of draws
+        made so far (new draws each time); a ``key`` gives others.
+        """
+        if devices is not None:
+            raise ValueError("extend: VI draws on one device; leave devices=None.")
+        setup = self._setup(model, tuple(args), dict(kwargs), None)
+        like = (ppl.init_params((setup.model, setup.guide), jax.random.key(0), *setup.args)
+                if state.treedef is None
+                else jax.tree_util.tree_unflatten(state.treedef, state.leaves))
+        params = _unflatten(like, state.leaves, "the saved VI state")
+        constrained = ppl.constrain_params((setup.model, setup.guide), params, *setup.args)
+        base = state.run_key() if key is None else key
+        t0 = time.perf_counter()
+        n = state.num_chains * num_samples
+        samples, stats = _draw(setup.model, setup.guide, constrained, setup.args,
+                               setup.latent, jax.random.fold_in(base, state.t), n,
+                               setup.density)
+        samples, stats = _by_chain((samples, stats), state.num_chains, num_samples)
+        jax.block_until_ready((samples, stats))
+        new = dataclasses.replace(state, t=state.t + n, draws=state.draws + num_samples,
+                                  requested=state.requested + num_samples)
+        return ChainOutputs(samples, stats, {}, {"sample": time.perf_counter() - t0}, new)
+
+
+class _Setup(NamedTuple):
+    model: Callable
+    guide: Callable
+    density: Callable
+    args: tuple
+    latent: list
+    summed: tuple
+
+
+def _by_chain(tree: Any, num_chains: int, num_samples: int) -> Any:
+    return jax.tree.map(lambda x: x.reshape((num_chains, num_samples) + x.shape[1:]), tree)
 
 
 def _trace_log_density(trace: dict) -> jax.Array:
@@ -333,8 +503,9 @@ def _trace_log_density(trace: dict) -> jax.Array:
 
 
 def _draw(model: Callable, guide: Callable, params: dict, args: tuple, latent: list[str],
-          key: jax.Array, n: int) -> tuple[dict, dict]:
-    """``n`` independent draws of the fitted guide, with the model's deterministic sites."""
+          key: jax.Array, n: int, density: Callable | None = None) -> tuple[dict, dict]:
+    """``n`` independent draws of the fitted guide, with the model's deterministic sites;
+    ``lp`` from ``density`` (the model, or its enumerated sites summed out)."""
     dyn, rebuild = split_arguments(args)
 
     def one(k, dyn, params):  # the params are an argument: the program is reused
@@ -351,10 +522,14 @@ def _draw(model: Callable, guide: Callable, params: dict, args: tuple, latent: l
         out = {name: z[name] for name in latent}
         out.update({name: s["value"] for name, s in model_trace.items()
                     if s["type"] == "deterministic"})
+        if density is not None and density is not model:
+            model_trace = handlers.trace(handlers.substitute(
+                handlers.substitute(density, data=params), data=z)).get_trace(*a)
         return out, {"lp": _trace_log_density(model_trace), "log_q": _trace_log_density(trace)}
 
     keys = jax.random.split(key, n)
     with compiling("VI draws", False) as programs:
         draw = programs.compile(jax.jit(jax.vmap(one, (0, None, None))), (keys, dyn, params),
-                                key=("vi-draws", model, guide, tuple(latent), static_part(args)))
+                                key=("vi-draws", model, guide, density, tuple(latent),
+                                     static_part(args)))
     return draw(keys, dyn, params)
