@@ -34,8 +34,8 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["ChainState", "write_archive", "read_archive", "to_host", "method_to_json",
-           "method_from_json", "data_digest"]
+__all__ = ["ChainState", "write_archive", "read_archive", "read_checkpoint", "to_host",
+           "method_to_json", "method_from_json", "data_digest"]
 
 FORMAT = 1
 
@@ -133,6 +133,41 @@ def read_archive(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
+def read_checkpoint(path: str | os.PathLike, fingerprint: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """``(arrays, meta)`` of the checkpoint at ``path``, checked to come from the run that
+    ``fingerprint`` describes (a JSON-able dict: settings, counts, key, data digest). A saved
+    Result, or a checkpoint whose stored fingerprint differs, is a ``ValueError`` naming
+    the entries that differ and their values in the file.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "ck.npz")
+        >>> write_archive(path, {}, {"kind": "checkpoint", "run": {"num_chains": 2}})
+        >>> read_checkpoint(path, {"num_chains": 2})[1]["run"]
+        {'num_chains': 2}
+        >>> try:
+        ...     read_checkpoint(path, {"num_chains": 4})
+        ... except ValueError as err:
+        ...     print("differs in num_chains (file: num_chains=2)" in str(err))
+        True
+    """
+    arrays, meta = read_archive(path)
+    if meta.get("kind") != "checkpoint":
+        raise ValueError(f"checkpoint={os.fspath(path)!r} is a saved Result, not a "
+                         "checkpoint; pass another path (inference.load_result reads it).")
+    stored = meta.get("run") or {}
+    differ = sorted(k for k in set(stored) | set(fingerprint)
+                    if stored.get(k) != fingerprint.get(k))
+    if differ:
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r} was written by a different run: it differs "
+            f"in {', '.join(differ)} (file: "
+            + ", ".join(f"{k}={stored.get(k)!r}" for k in differ if k != "key") + "). "
+            "Call infer with the same settings to resume it, or delete the file (or "
+            "pass another checkpoint path) to start afresh.")
+    return arrays, meta
+
+
 def method_to_json(method: Any) -> tuple[dict | None, dict[str, np.ndarray]]:
     """A method object as ``(json, arrays)``: its class and dataclass fields (array fields
     go to ``arrays``). ``(None, {})`` when it cannot be written that way."""
@@ -143,6 +178,9 @@ def method_to_json(method: Any) -> tuple[dict | None, dict[str, np.ndarray]]:
         value = getattr(method, f.name)
         if value is None or isinstance(value, (bool, int, float, str)):
             fields[f.name] = value
+        elif isinstance(value, tuple) and all(isinstance(v, (bool, int, float, str))
+                                              for v in value):
+            fields[f.name] = {"tuple": list(value)}
         elif isinstance(value, (np.ndarray, jax.Array, np.generic)):
             arrays[f"method/{f.name}"] = np.asarray(value)
             fields[f.name] = {"array": f"method/{f.name}"}
@@ -158,7 +196,8 @@ def method_from_json(spec: dict | None, arrays: dict) -> Any:
         return None
     try:
         cls = getattr(importlib.import_module(spec["module"]), spec["name"])
-        fields = {k: (arrays[v["array"]] if isinstance(v, dict) else v)
+        fields = {k: (v if not isinstance(v, dict) else tuple(v["tuple"]) if "tuple" in v
+                      else arrays[v["array"]])
                   for k, v in spec["fields"].items()}
         return cls(**fields)
     except (ImportError, AttributeError, TypeError, ValueError, KeyError):

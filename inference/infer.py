@@ -122,6 +122,8 @@ def infer(
             per chain) instead of Stan's random points; every latent site needs one.
             ``VI``: ``{param site: constrained value}`` starting the fit there (e.g. a
             previous VI result's ``tuning["params"]``; others keep their initial values).
+            ``SMC`` refuses it (a ``TypeError`` saying why): it starts every particle from
+            a prior draw and tempers from the prior, so a starting point has no place in it.
         checkpoint, checkpoint_every: MCMC methods: a file (``.npz``) where the chains'
             state and draws so far are written every ``checkpoint_every`` steps (warmup
             and sampling; default: every twentieth of the run) and at the end. If the file
@@ -130,7 +132,9 @@ def infer(
             its draws back at once). It must come from the same
             call (method, counts, key, data; the model's code is not compared), else a
             ``ValueError`` says what differs. ``VI``: the fit's parameters and optimizer
-            state, resumed the same way (:func:`inference.fit`).
+            state, resumed the same way (:func:`inference.fit`). ``SMC``: every chain's
+            particle population, every ``checkpoint_every`` stages (default: every stage),
+            resumed the same way (:mod:`inference.smc.driver`).
         diagnostics: warn (one line each, :class:`inference.diagnostics.DiagnosticWarning`)
             about what ``result.diagnose()`` finds: R-hat > 1.01, bulk ESS < 100 per chain,
             divergences, maximum tree depth hits, E-BFMI < 0.3. ``False`` silences them
@@ -140,8 +144,10 @@ def infer(
     chunk in flight (chunks are sized to take about a second) and *returns* a Result with the draws
     made so far, with a warning saying how many; ``result.extend(n)`` continues those chains.
     During ``VI``'s fit it stops the fit likewise and returns draws from the guide fitted so
-    far, with a warning. Interrupted during warmup, or by another method, the
-    ``KeyboardInterrupt`` propagates.
+    far, with a warning. ``SMC`` runs its stages in chunks of about a second too, but has no
+    posterior before its tempering ends: its ``KeyboardInterrupt`` propagates, saying at which
+    stage each chain stood (and writes ``checkpoint`` first, to resume from). Interrupted
+    during warmup, or by another method, the ``KeyboardInterrupt`` propagates.
 
     Returns:
         A :class:`Result` with ``samples`` of shape (chains, draws, *site_shape) for every

@@ -114,7 +114,11 @@ class Result:
         same chains from where they stopped with the step size and mass matrix warmup
         chose (no new warmup). MCMC methods (``inference.ChainMethod``), and ``VI``, whose
         extension is ``num_samples`` more independent draws per chain from the fitted guide
-        (no fitting; new draws each time, with the run's key folded with the draws made).
+        (no fitting; new draws each time, with the run's key folded with the draws made),
+        and ``SMC``, whose extension moves the final particle populations by MCMC steps at
+        inverse temperature 1 (the posterior) and takes draws from them (valid posterior
+        draws, correlated with the earlier ones through the particles; not the draws of a
+        longer run, so ``r.extend(a).extend(b)`` differs from ``r.extend(a + b)``).
 
         With ``key=None`` the chains go on with the run's own keys: ``r.extend(n)`` has,
         bit for bit, the draws of a run ``n`` draws longer with the same key, and

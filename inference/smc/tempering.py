@@ -160,6 +160,78 @@ def tempered_smc(
         >>> out.particles["a"].shape, out.temperatures.tolist(), int(out.num_stages)
         ((500, 2), [0.0, 0.25, 0.5, 1.0], 3)
     """
+    stepper = tempering(
+        logprior_fn, loglikelihood_fn, kernel, positions, num_mcmc_steps=num_mcmc_steps,
+        schedule=schedule, target_ess=target_ess, resampling=resampling,
+        init_step_size=init_step_size, target_acceptance=target_acceptance,
+        adapt_step_size=adapt_step_size, max_stages=max_stages, callback=callback, mesh=mesh)
+    state = stepper.advance(stepper.start(positions, key), stepper.num_records)
+    return stepper.result(state)
+
+
+class TemperingState(NamedTuple):
+    """Where one tempered SMC stands between stages (what :meth:`Tempering.advance` carries;
+    a checkpoint stores it). ``stage`` stages are done; the records have one entry per
+    possible stage (``temperatures`` one more, starting at 0)."""
+
+    particles: Any
+    loglikelihood: jax.Array
+    beta: jax.Array
+    log_evidence: jax.Array
+    step_size: jax.Array  # the (relative) step size of the next stage's moves
+    n_grad: jax.Array
+    key: jax.Array
+    stage: jax.Array
+    temperatures: jax.Array
+    acceptance_rate: jax.Array
+    step_sizes: jax.Array
+    ess: jax.Array
+
+
+class Tempering(NamedTuple):
+    """Tempered SMC cut into stages, so that a host loop can run it a few stages at a time
+    (Ctrl-C between calls, checkpoints): ``start``, then ``advance`` until ``done``, then
+    ``result``. Built by :func:`tempering`; every function is pure and jittable, and a stage
+    computes the same whatever the stages are grouped into, so the draws do not depend on
+    how the host cuts the run."""
+
+    start: Callable  # (positions, key) -> TemperingState
+    advance: Callable  # (state, until) -> state after stages up to index ``until``
+    done: Callable  # state -> bool: no stage left to run
+    result: Callable  # state -> SMCResult
+    move: Callable  # (particles, beta, step_size, key) -> (particles, acceptance, n_grad)
+    num_records: int  # stages at most (max_stages, or the fixed schedule's length)
+
+
+def tempering(
+    logprior_fn: Callable,
+    loglikelihood_fn: Callable,
+    kernel: str | Callable,
+    positions: Any,
+    *,
+    num_mcmc_steps: int = 10,
+    schedule: Any = None,
+    target_ess: float = 0.5,
+    resampling: str = "systematic",
+    init_step_size: float | None = None,
+    target_acceptance: float | None = None,
+    adapt_step_size: bool = True,
+    max_stages: int = 200,
+    callback: Callable[[jax.Array], None] | None = None,
+    mesh: Any = None,
+) -> Tempering:
+    """:func:`tempered_smc` as a :class:`Tempering` (same arguments; ``positions`` gives
+    the particles' number and shapes, and may be abstract).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> x0 = jax.random.normal(jax.random.key(0), (200,))
+        >>> t = tempering(lambda x: -0.5 * x**2, lambda x: -2.0 * x**2, "rwm", x0,
+        ...               num_mcmc_steps=2, schedule=[0.5, 1.0])
+        >>> state = t.advance(t.start(x0, jax.random.key(1)), 1)   # one stage of two
+        >>> int(state.stage), bool(t.done(state)), bool(t.done(t.advance(state, 2)))
+        (1, False, True)
+    """
     where = "tempered_smc"
     num_mcmc_steps = _check_int(where, "num_mcmc_steps", num_mcmc_steps, 1)
     max_stages = _check_int(where, "max_stages", max_stages, 1)
@@ -191,27 +263,18 @@ def tempered_smc(
     flat = jax.vmap(lambda p: ravel_pytree(p)[0])
     loglik_all = jax.vmap(loglikelihood_fn)
     probe = _probe(move, logprior_fn, loglikelihood_fn, jax.tree.map(lambda v: v[0], positions),
-                   key, dim, dtype)
+                   jax.random.key(0), dim, dtype)
     mesh = cpu_mesh_without_lapack(mesh, probe.lapack, "particles", where)
     split = lambda p: constrain_leading(p, mesh, n)  # noqa: E731
-    positions = split(positions)
+    sched = None if schedule is None else _check_schedule(schedule)
+    num_records = max_stages if sched is None else int(sched.shape[0])
 
-    def stage(carry, beta_next):
-        particles, loglik, beta, log_z, h, n_grad, key = carry
-        key, k_res, k_move = jax.random.split(key, 3)
-        log_w = _increment_weights(beta_next - beta, loglik)
-        log_z = log_z + jax.nn.logsumexp(log_w) - math.log(n)
-        ess = _ess_fraction(log_w)
-        w = _normalized(log_w)
-        # The population's spread at the new temperature, from the weighted particles.
-        x = flat(particles)
-        mean = w @ x
-        var = jnp.maximum(w @ (x - mean) ** 2, 1e-12)
-        idx = resample_fn(k_res, w, n)
-        particles = split(jax.tree.map(lambda v: v[idx], particles))
+    def move_particles(particles, beta, h, var, key):
+        """``num_mcmc_steps`` moves of every particle at inverse temperature ``beta``:
+        ``(particles, mean acceptance, gradients)``."""
 
         def tempered(p):
-            return logprior_fn(p) + beta_next * loglikelihood_fn(p)
+            return logprior_fn(p) + beta * loglikelihood_fn(p)
 
         alg = move.build(tempered, h, var if move.preconditioned else None)
 
@@ -228,10 +291,28 @@ def tempered_smc(
             state, (acc, grads) = jax.lax.scan(body, state, jax.random.split(k_steps, num_mcmc_steps))
             return state.position, jnp.mean(acc), jnp.sum(grads) + probe.init_grads
 
-        particles, acc, grads = jax.vmap(one)(particles, jax.random.split(k_move, n))
-        particles = split(particles)
-        acc = jnp.mean(acc)
-        n_grad = n_grad + jnp.sum(grads).astype(n_grad.dtype)  # int64 sums under x64
+        particles, acc, grads = jax.vmap(one)(particles, jax.random.split(key, n))
+        return split(particles), jnp.mean(acc), jnp.sum(grads)
+
+    def spread(particles, w):
+        """The population's weighted variance per coordinate (the moves' preconditioner)."""
+        x = flat(particles)
+        mean = w @ x
+        return jnp.maximum(w @ (x - mean) ** 2, 1e-12)
+
+    def stage(carry, beta_next):
+        particles, loglik, beta, log_z, h, n_grad, key = carry
+        key, k_res, k_move = jax.random.split(key, 3)
+        log_w = _increment_weights(beta_next - beta, loglik)
+        log_z = log_z + jax.nn.logsumexp(log_w) - math.log(n)
+        ess = _ess_fraction(log_w)
+        w = _normalized(log_w)
+        # The population's spread at the new temperature, from the weighted particles.
+        var = spread(particles, w)
+        idx = resample_fn(k_res, w, n)
+        particles = split(jax.tree.map(lambda v: v[idx], particles))
+        particles, acc, grads = move_particles(particles, beta_next, h, var, k_move)
+        n_grad = n_grad + grads.astype(n_grad.dtype)  # int64 sums under x64
         h_used = jnp.asarray(h, dtype)
         if move.tunable and move.target_acceptance is not None:
             h = jnp.where(jnp.isnan(acc), h, h * jnp.exp(2.0 * (acc - move.target_acceptance)))
@@ -241,38 +322,48 @@ def tempered_smc(
             callback(beta_next)
         return (particles, loglik, beta_next, log_z, h, n_grad, key), (acc, h_used, ess)
 
-    loglik0 = loglik_all(positions)
-    loglik0 = jnp.where(jnp.isnan(loglik0), -jnp.inf, loglik0).astype(dtype)
-    # A kernel used as is records its step size when known, else NaN.
-    h0 = jnp.asarray(jnp.nan if move.init_step_size is None else move.init_step_size, dtype)
-    carry0 = (positions, loglik0, jnp.zeros((), dtype), jnp.zeros((), dtype), h0,
-              jnp.zeros((), jnp.int32), key)
+    def start(positions, key):
+        positions = split(jax.tree.map(jnp.asarray, positions))
+        loglik0 = loglik_all(positions)
+        loglik0 = jnp.where(jnp.isnan(loglik0), -jnp.inf, loglik0).astype(dtype)
+        # A kernel used as is records its step size when known, else NaN.
+        h0 = jnp.asarray(jnp.nan if move.init_step_size is None else move.init_step_size, dtype)
+        nan = jnp.full((num_records,), jnp.nan, dtype)
+        temps = (jnp.full((num_records + 1,), jnp.nan, dtype).at[0].set(0.0) if sched is None
+                 else jnp.concatenate([jnp.zeros((1,), dtype), sched.astype(dtype)]))
+        return TemperingState(positions, loglik0, jnp.zeros((), dtype), jnp.zeros((), dtype), h0,
+                              jnp.zeros((), jnp.int32), key, jnp.zeros((), jnp.int32), temps,
+                              nan, nan, nan)
 
-    if schedule is not None:
-        sched = _check_schedule(schedule)
-        carry, (acc, hs, ess) = jax.lax.scan(stage, carry0, sched)
-        particles, loglik, _, log_z, _, n_grad, _ = carry
-        temperatures = jnp.concatenate([jnp.zeros((1,), dtype), sched])
-        num_stages = jnp.asarray(sched.shape[0], jnp.int32)
-    else:
-        nan = jnp.full((max_stages,), jnp.nan, dtype)
+    def done(c):
+        if sched is not None:
+            return c.stage >= num_records
+        # No particle with a positive, finite likelihood: no weight can move the population
+        # (invalid data, or a prior with no mass where the data are); stop.
+        return ~((c.beta < 1.0) & (c.stage < num_records) & jnp.any(jnp.isfinite(c.loglikelihood)))
 
-        def cond(c):
-            (_, loglik, beta, *_), i, _ = c
-            # No particle with a positive, finite likelihood: no weight can move the
-            # population (invalid data, or a prior with no mass where the data are); stop.
-            return (beta < 1.0) & (i < max_stages) & jnp.any(jnp.isfinite(loglik))
-
+    def advance(c, until):
         def body(c):
-            inner, i, (temps, accs, hs, esss) = c
-            beta_next = _next_temperature(inner[1], inner[2], target_ess)
-            inner, (acc, h_used, ess) = stage(inner, beta_next)
-            rec = (temps.at[i + 1].set(beta_next), accs.at[i].set(acc), hs.at[i].set(h_used),
-                   esss.at[i].set(ess))
-            return inner, i + 1, rec
+            i = c.stage
+            beta_next = (_next_temperature(c.loglikelihood, c.beta, target_ess) if sched is None
+                         else sched[i].astype(dtype))
+            inner = (c.particles, c.loglikelihood, c.beta, c.log_evidence, c.step_size, c.n_grad,
+                     c.key)
+            (particles, loglik, beta, log_z, h, n_grad, key), (acc, h_used, ess) = stage(
+                inner, beta_next)
+            return TemperingState(
+                particles, loglik, beta, log_z, h, n_grad, key, i + 1,
+                c.temperatures.at[i + 1].set(beta_next), c.acceptance_rate.at[i].set(acc),
+                c.step_sizes.at[i].set(h_used), c.ess.at[i].set(ess))
 
-        temps0 = jnp.full((max_stages + 1,), jnp.nan, dtype).at[0].set(0.0)
-        carry, num_stages, (temperatures, acc, hs, ess) = jax.lax.while_loop(
-            cond, body, (carry0, jnp.zeros((), jnp.int32), (temps0, nan, nan, nan)))
-        particles, loglik, _, log_z, _, n_grad, _ = carry
-    return SMCResult(particles, log_z, temperatures, num_stages, acc, hs, ess, n_grad, loglik)
+        return jax.lax.while_loop(lambda c: ~done(c) & (c.stage < until), body, c)
+
+    def result(c):
+        return SMCResult(c.particles, c.log_evidence, c.temperatures, c.stage, c.acceptance_rate,
+                         c.step_sizes, c.ess, c.n_grad, c.loglikelihood)
+
+    def move_at(particles, beta, h, key):
+        w = jnp.full((n,), 1.0 / n, dtype)
+        return move_particles(split(particles), jnp.asarray(beta, dtype), h, spread(particles, w), key)
+
+    return Tempering(start, advance, done, result, move_at, num_records)
