@@ -537,7 +537,8 @@ def minimize(
 
     Step ``i`` gets ``fold_in(key, i)``. Raises :class:`NonFiniteError` naming the parameter
     leaf (``params['w']``) at the first step whose loss, gradient or update is not finite,
-    with the last good params and optimizer state.
+    with the last good params and optimizer state. Ctrl-C returns the parameters reached
+    (``interrupted=True``, with a warning).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -556,4 +557,5 @@ def minimize(
     )
     if trained.stopped is not None:
         raise non_finite_error(label, trained.stopped, trained.outputs, names, advice=advice)
-    return FitResult(trained.state[0], trained.outputs)
+    return FitResult(trained.state[0], trained.outputs, opt_state=trained.state[1], key=key,
+                     interrupted=trained.interrupted)

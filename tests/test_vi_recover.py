@@ -133,6 +133,19 @@ def test_run_steps_warns_for_every_trainer_and_can_propagate():
                   progress=StopAt(40, 1), on_interrupt="raise")
 
 
+def test_minimize_marks_its_result_interrupted():
+    """minimize (flow matching's and score matching's trainer) returns the parameters
+    reached, marked interrupted, with their optimizer state and a warning."""
+    from inference.training import minimize
+
+    loss = lambda p, key, data: jnp.sum((p - data) ** 2)  # noqa: E731
+    with pytest.warns(UserWarning, match=r"train: interrupted .* after 10 of 40 steps"):
+        r = minimize(loss, jnp.zeros(2), optimizer=optax.sgd(0.1), steps=40, updates=4,
+                     key=jax.random.key(0), data=jnp.ones(2), progress=StopAt(40, 1))
+    assert r.interrupted and r.step == 10 and r.opt_state is not None
+    np.testing.assert_allclose(r.params, 1.0 - 0.8 ** 10, rtol=1e-5)  # x <- x + 0.2 (1 - x)
+
+
 def test_fit_checkpoint_resumes_a_crashed_run_bit_for_bit(tmp_path):
     """A crash (an exception) at the fourth chunk boundary leaves the checkpoint of the
     steps done; the same call again resumes from it and ends exactly where an uninterrupted
