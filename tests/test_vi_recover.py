@@ -172,6 +172,9 @@ def test_fit_checkpoint_of_another_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"different run: it differs in steps"):
         inference.fit(objective, p0, Y, steps=STEPS + 7, key=1, progress=False,
                       checkpoint=path, optimizer=optax.adam(0.05))
+    with pytest.raises(ValueError, match=r"different run: it differs in init"):
+        inference.fit(objective, jax.tree.map(lambda x: x + 1.0, p0), Y, steps=STEPS, key=1,
+                      progress=False, checkpoint=path, optimizer=optax.adam(0.05))
     with pytest.raises(ValueError, match="checkpoint_every is given but checkpoint is not"):
         inference.fit(objective, p0, Y, steps=30, progress=False, checkpoint_every=5)
 

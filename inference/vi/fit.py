@@ -39,7 +39,7 @@ Long runs (as :func:`inference.infer` does for MCMC chains):
   default: every chunk) and when the run ends or is interrupted; the same call again
   resumes from the file (a finished file gives its result back at once), so a crashed run
   finishes with the same numbers as an uninterrupted one. The file must come from the same
-  call (steps, key, data, parameter shapes), else a ``ValueError`` says what differs.
+  call (steps, key, data, initial parameters), else a ``ValueError`` says what differs.
 
 Minibatches: ``batch=(argnum, batch_size)`` subsamples ``args[argnum]`` (an array, or a
 pytree of arrays sharing the leading axis ``N``) along its leading axis at every step:
@@ -302,6 +302,7 @@ def _fit(objective: ppl.Expectation, params: Any, *args: Any, optimizer: Any = N
             "data": ckpt.data_digest(args), "batch": None if batching is None else list(batching),
             "params": [[list(jnp.shape(x)), str(jnp.result_type(x))]
                        for x in jax.tree.leaves(params)],
+            "init": ckpt.data_digest(params),
             "x64": bool(jax.config.jax_enable_x64)})
         resumed = saver.restore((params, opt_state), earlier)
         if resumed is not None:
