@@ -90,20 +90,38 @@ def test_float64_model_is_stans_exactly():
 
 @pytest.mark.slow
 def test_float32_nuts_recovers_the_float64_posterior():
-    """NUTS in float32, 4 x 600 draws (400 warmup), against the float64 reference. For each
-    of the 13 scalars the mean must agree within 4 combined MCSEs (ours from ArviZ, the
-    reference's above) plus 0.05 reference sds: the bias of the larger jitter, measured at
-    most 0.036 sds (float64 runs of both models, 8000 draws each). At 4 sigma the 13 checks
-    fail spuriously with probability < 0.1%. Each sd must be within 15% of the reference
-    (the sd estimate's relative error is ~1/sqrt(2 ESS), under 3% here: rho, the slowest,
-    has ESS ~0.3 per draw, ~700). Fewer than 1% of the draws may diverge (measured 0.2%).
-    The former float32 model gave rho's sd as 0.06 (a tenth), means up to 0.85 sds off and
-    half its transitions divergent, failing all three."""
+    """NUTS in float32, 4 x 600 draws (400 warmup), target acceptance 0.9, against the
+    float64 reference, for each of the 13 scalars:
+
+    * the mean within 4 combined MCSEs (ours from ArviZ, the reference's above) plus 0.05
+      reference sds: the bias of the larger jitter, measured at most 0.036 sds (float64
+      runs of both models, 8000 draws each) and 0.045 +- 0.010 (f[8]; the jitter model in
+      float64, 16 x 1000 draws at 0.9, against the reference);
+    * the sd within 4 combined MCSEs of an sd plus 0.05 (relative): ours is ArviZ's
+      ``mcse(method="sd")``; the reference's is taken as its MCSE of the mean (an sd's
+      relative MCSE is sqrt((kurtosis - 1) / 4) / sqrt(ESS), at most the mean's 1 / sqrt(ESS)
+      for kurtosis <= 5); 0.05 for the jitter's effect on the sds (measured at most 0.019 +- 0.008, same run);
+    * fewer than 1% of the draws divergent (measured 0.03% over 16 chains).
+
+    At 4 sigma the 26 checks fail spuriously with probability < 0.2%.
+
+    Why 0.9: ``alpha`` and ``f_tilde`` form a funnel (the data pin ``f = alpha L f_tilde``,
+    so ``f_tilde`` narrows as ``alpha`` grows). At NUTS's default 0.8 a chain now and then
+    sticks in its neck: float32 at XLA level 0, one of 4 chains sat at alpha ~ 6 (the 99.9%
+    quantile is 5.7) for 130 draws with 13% divergent transitions; alpha's ESS fell to 49 and
+    its sd came out 28% high. Float64 on Stan's exact model behaves the same (16 chains:
+    divergences per chain up to 2.3% against 2.5% in float32, alpha's sd 5% low against
+    3%: the neck under-explored), so this is the model's geometry, not float32, and Stan's
+    remedy (a higher adapt_delta) applies. At 0.9 over 16 float32 chains: alpha's ESS
+    0.44 per draw (0.02 at 0.8 in the stuck run), every sd within 2%. The former float32
+    model (jitter 1e-10) gave rho's sd as 0.06 (a tenth), means up to 0.85 sds off and half
+    its transitions divergent, failing all three."""
     import arviz as az
 
     with jax.enable_x64(False):
         model, data = posteriordb.load(NAME)
         r = inference.infer(model, **data, num_chains=4, num_samples=600, num_warmup=400,
+                            method=inference.NUTS(target_accept_prob=0.9),
                             key=jax.random.key(0), progress=False)
     failures = []
     for param, (mean, sd, ref_mcse) in REFERENCE.items():
@@ -112,8 +130,9 @@ def test_float32_nuts_recovers_the_float64_posterior():
         bound = 4.0 * np.hypot(mcse, ref_mcse) + 0.05 * sd
         if not abs(draws.mean() - mean) < bound:
             failures.append(f"{param}: mean {draws.mean():.4g} vs {mean:.4g} (bound {bound:.3g})")
-        if not abs(draws.std() / sd - 1.0) < 0.15:
-            failures.append(f"{param}: sd {draws.std():.4g} vs {sd:.4g}")
+        sd_bound = 4.0 * np.hypot(float(az.mcse(draws, method="sd")), ref_mcse) / sd + 0.05
+        if not abs(draws.std() / sd - 1.0) < sd_bound:
+            failures.append(f"{param}: sd {draws.std():.4g} vs {sd:.4g} (bound {sd_bound:.3g} relative)")
     assert not failures, "; ".join(failures)
     divergent = float(np.mean(np.asarray(r.stats["diverging"])))
     assert divergent < 0.01, divergent
