@@ -438,7 +438,7 @@ def test_hmm_nuts_agrees_with_numpyro():
     ArviZ's 2-chain MCSE says (bulk ESS ~0.06 per draw over 8 chains), and the test failed
     or passed with float rounding (0.106 vs a bound of 0.045 at XLA level 0). With the
     uniform start, 8 chains x 600 draws: ESS ~0.6 per draw, chain means scattered as the
-    MCSE says, both libraries within 0.5 combined MCSE."""
+    MCSE says, the two libraries 0.51 combined MCSE apart at most."""
     with jax.enable_x64(True):
         y = jnp.array([-1.2, -0.8, 2.3, 2.0, 1.7, -1.1, 0.0, -0.9, 2.2, 1.9, 2.4, -1.3])
         mask = jnp.arange(12) != 6
