@@ -102,7 +102,15 @@ def draw_discrete(model: Callable, args: tuple, kwargs: dict, samples: dict[str,
 
         def program(dyn, flat, keys):
             one = lambda xs: _one_draw(model, enumeration, chain, names, rebuild(dyn), *xs)  # noqa: E731
-            return jax.lax.map(one, (flat, keys), batch_size=min(batch_size, count))
+            # Equal batches, the last padded with copies of the first draw: lax.map with a
+            # remainder compiles the model's enumeration twice (the loop's body and the rest).
+            batches = -(-count // max(1, min(batch_size, count)))
+            size = -(-count // batches)
+            pad = lambda x: jnp.concatenate(  # noqa: E731
+                [x, jnp.broadcast_to(x[:1], (batches * size - count,) + x.shape[1:])])
+            xs = jax.tree.map(pad, (flat, keys))
+            out = jax.lax.map(one, xs, batch_size=size)
+            return jax.tree.map(lambda v: v[:count], out)
 
         # One program per model and shapes, kept with the samplers' programs (memory, disk).
         with compiling("discrete draws", False) as programs:
