@@ -24,6 +24,14 @@ flow matching (:func:`inference.flow_matching.train`), score matching
   numbers. The trainer turns :class:`Stopped` into its error (:func:`non_finite_error` for
   optax-style trainers; :class:`NonFiniteError` in every case).
 
+- **Ctrl-C.** A ``KeyboardInterrupt`` lets the chunk in flight finish (it runs in a worker
+  thread, so its result survives the interrupted wait), keeps it, and returns the state
+  reached (:attr:`Trained.interrupted`, with a warning naming the trainer and the steps
+  done); interrupted before the first chunk finished, it propagates.
+- **Continuing.** ``start=`` numbers the steps from where an earlier run stopped, and the
+  compiled chunks depend only on the chunk length, so ``N`` steps then ``M`` more equal
+  ``N + M`` steps bit for bit (:func:`inference.fit` passes a ``FitResult`` on this way).
+
 A step is ``step(state, i, key, data, guard) -> (new_state, outputs, ok)``: ``state`` any
 pytree (parameters, optimizer state, banks of chains), ``outputs`` a pytree of per-step
 values (losses, diagnostics), ``ok`` (only needed when ``guard`` is true) a 1-D boolean
@@ -41,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -379,8 +388,9 @@ def run_steps(
     interrupted = False
     try:
         for c in range(n_chunks):
-            pending = (c, fast(state, starts[c], end, key, data))
-            new_state, outputs, ok = pending[1]
+            done_chunk, ctrl_c = _to_the_end(fast, state, starts[c], end, key, data)
+            pending = (c, done_chunk)
+            new_state, outputs, ok = done_chunk
             if not bool(ok):  # one host sync per chunk
                 pending = None
                 # Replay from the chunk before (if any) with the guarded step, so that the
@@ -412,6 +422,8 @@ def run_steps(
             if bar.enabled:
                 valid = jax.tree.map(lambda x: x[:done - c * chunk], outputs)
                 bar.update(done, postfix(valid) if postfix else {})
+            if ctrl_c:  # came during the chunk, which has been kept
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         if on_interrupt == "raise":
             raise
@@ -442,6 +454,47 @@ def run_steps(
     if stopped is None:
         return Trained(state, _joined(chunks, steps), None)
     return Trained(stopped.state, _joined(chunks, stopped.step + 1 - first), stopped)
+
+
+def _to_the_end(fn: Callable, *args: Any) -> tuple[Any, bool]:
+    """``(fn(*args) computed to its end, whether Ctrl-C came meanwhile)``.
+
+    The call runs in a worker thread while this one waits, so that a Ctrl-C (delivered to
+    the main thread) lets the chunk in flight finish and keeps its result; a chunk run in
+    the calling thread (as on CPUs) would lose it. A second Ctrl-C stops waiting.
+    """
+    # Host values become arrays here, under this thread's settings (x64 is thread-local).
+    args = jax.tree.map(
+        lambda x: jnp.asarray(x) if isinstance(x, (np.ndarray, np.generic, float, int, complex))
+        else x, args)
+    box: dict = {}
+    finished = threading.Event()
+
+    def work():
+        try:
+            box["out"] = jax.block_until_ready(fn(*args))
+        except BaseException as err:  # noqa: BLE001 -- re-raised in the caller
+            box["err"] = err
+        finally:
+            finished.set()
+
+    ctrl_c = False
+    # An Event, not Thread.join: a join interrupted by Ctrl-C marks a running thread as
+    # stopped on Python 3.11 (the fix of bpo-45274 cannot tell whose lock it holds). The
+    # start is inside: it waits for the thread to begin, and a Ctrl-C can come then too.
+    worker = threading.Thread(target=work, name="run_steps chunk", daemon=True)
+    try:
+        worker.start()
+        while not finished.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        if worker.ident is None:  # not started: no chunk in flight to wait for
+            raise
+        ctrl_c = True
+        finished.wait()
+    if "err" in box:
+        raise box["err"]
+    return box["out"], ctrl_c
 
 
 def _joined(chunks: list, n: int) -> Any:

@@ -276,3 +276,20 @@ def test_vi_result_extend_draws_more_from_the_fitted_guide(tmp_path):
     loaded.method = r.method
     assert _same(loaded.extend(30, progress=False, diagnostics=False).samples["mu"],
                  more.samples["mu"])
+
+
+def test_a_real_sigint_during_a_chunk_keeps_that_chunk():
+    """A real SIGINT, sent from inside chunk 1 of 4 (by a host callback at step 14):
+    run_steps lets the chunk finish, keeps it (the chunk runs in a worker thread, so its
+    result is not lost with an interrupted call) and returns the state after it."""
+    import os
+    import signal
+
+    def count(x, i, key, data, guard):
+        jax.lax.cond(i == 14, lambda: jax.debug.callback(
+            lambda: os.kill(os.getpid(), signal.SIGINT)), lambda: None)
+        return x + 1.0, x, jnp.isfinite(x)[None] if guard else None
+
+    with pytest.warns(UserWarning, match=r"interrupted .* after 20 of 40 steps"):
+        t = run_steps(count, jnp.asarray(0.0), steps=40, key=jax.random.key(0), updates=4)
+    assert t.interrupted and float(t.state) == 20.0 and t.outputs.shape == (20,)
