@@ -84,6 +84,12 @@ class _Recorder(http.server.SimpleHTTPRequestHandler):
         _Recorder.statuses.append((self.path, int(code) if str(code).isdigit() else 0))
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)  # a browser closing early is fine
+
+
 def test_page_parser_reads_title_tables_and_local_refs() -> None:
     p = _Page()
     p.feed('<html><head><title>T</title><link href="a.css"></head><body><h1>H</h1>'
@@ -119,7 +125,7 @@ def test_site_builds_strictly_and_renders_in_chromium() -> None:
     assert build.returncode == 0, f"mkdocs build --strict failed:\n{build.stderr[-6000:]}"
 
     handler = functools.partial(_Recorder, directory=str(site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
     shots = work / "screenshots"

@@ -125,3 +125,52 @@ def test_api_reference_documents_every_public_name(package: str) -> None:
     assert not missing, (
         f"{package}.{{{', '.join(missing)}}} have no '::: path' entry in docs/api/*.md: add one "
         "(the path where the object is defined) so the reference shows its docstring")
+
+
+# --- the method guide's figures are the measured ones --------------------------------------
+
+def _json(path: str) -> dict:
+    import json
+    return json.loads((ROOT / path).read_text())
+
+
+def _figures() -> list[tuple[str, str]]:
+    """(text the guide must contain, where the number comes from)."""
+    nuts = {r["model"]: r for r in _json("bench/results/nuts.json")["results"]}
+    lang = _json("bench/results/langevin.json")["headline"]["ess_per_1000_grad"]
+    enum = _json("bench/results/enum.json")["models"]
+    flows = _json("bench/results/flows.json")
+    ours = _json("docs/measurements/methods.json")
+    es = ours["eight_schools"]
+    smc_shares = ours["bimodal"]["SMC(kernel='mala')"]["share_x_pos_per_chain"]
+    return [
+        (f"{nuts['eight_schools_noncentered']['ours']['ess_per_1000_grad']:.1f}", "nuts.json"),
+        (f"{nuts['eight_schools_noncentered']['numpyro']['ess_per_1000_grad']:.1f}", "nuts.json"),
+        (f"{nuts['logistic_regression_N1000_D25']['ours']['ess_per_1000_grad']:.1f}", "nuts.json"),
+        (f"{es['NUTS, centred model']['ess_per_1000_grad']:.2f} ESS", "methods.json"),
+        (f"{es['NUTS, centred model']['divergences']} divergences", "methods.json"),
+        (f"{es['NUTS']['ess_per_1000_grad']:.1f} and {es['NUTS']['divergences']}", "methods.json"),
+        (f"adjusted underdamped {es['Underdamped(adjusted=True)']['ess_per_1000_grad']:.0f}, "
+         f"MALA {es['MALA']['ess_per_1000_grad']:.0f}, NUTS {es['NUTS']['ess_per_1000_grad']:.0f}",
+         "methods.json"),
+        (f"underdamped {lang['underdamped']:.1f} ESS per 1000 gradients, MALA {lang['mala']:.1f}, "
+         f"ULA {lang['ula']:.1f}", "langevin.json"),
+        (f"{enum['mixture_K2_N200']['ratio']['ess_per_s']:.2f}x", "enum.json"),
+        (f"{enum['hmm_T50']['ratio']['ess_per_s']:.2f}x", "enum.json"),
+        (f"NeuTra on the centred model: {flows['neutra']['neutra_iaf']['ess_per_1000_grad']:.1f} "
+         f"vs NUTS's {flows['neutra']['nuts']['ess_per_1000_grad']:.1f}", "flows.json"),
+        (f"mean-field {flows['vi']['funnel_d10']['mean_field']['elbo']:.2f}, IAF flow "
+         f"{flows['vi']['funnel_d10']['flow_iaf']['elbo']:.2f}", "flows.json"),
+        (f"`E[z | y]` {ours['gibbs']['gibbs_mean_z']:.3f} against exactly "
+         f"{ours['gibbs']['exact_mean_z']:.3f}", "methods.json"),
+        (f"mean absolute error {ours['evidence']['smc_mean_abs_error']:.3f} nats", "methods.json"),
+        (f"Pareto k {ours['learned']['pareto_k']:.2f}, IRMH acceptance "
+         f"{ours['learned']['acceptance_rate']:.2f}", "methods.json"),
+        (f"SMC's chains put {min(smc_shares):.2f}-{max(smc_shares):.2f}", "methods.json"),
+    ]
+
+
+def test_method_guide_quotes_the_measured_figures() -> None:
+    text = " ".join((DOCS / "choosing-a-method.md").read_text().split())
+    missing = [(figure, source) for figure, source in _figures() if figure not in text]
+    assert not missing, f"docs/choosing-a-method.md lacks these measured figures: {missing}"
