@@ -7,6 +7,7 @@ rewritten to Markdown when they are loaded (the source is untouched).
 * ``:func:`x``` (and ``:class:``, ``:mod:``, ``:meth:``, ``:data:``, ``:attr:``, ``:exc:``,
   ``:obj:``) become code spans.
 * ``.. math::`` blocks become code blocks (the site has no math renderer: it works offline).
+* ``.. note::`` (in NumPyro's docstrings, shown for its primitives) becomes a bold "Note:".
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import griffe
 
 _HEADING = re.compile(r"^(\s*)Example:\s*$", re.MULTILINE)
 _ROLE = re.compile(r":(?:func|class|mod|meth|data|attr|exc|obj):`~?([^`]+)`")
+_NOTE = re.compile(r"^([ \t]*)\.\. note::[ \t]*", re.MULTILINE)
 _MATH = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<first>.*)$")
 
 
@@ -54,6 +56,7 @@ def to_markdown(text: str) -> str:
     """
     text = _HEADING.sub(r"\1Examples:", text)
     text = _ROLE.sub(r"`\1`", text)
+    text = _NOTE.sub(r"\1**Note:** ", text)
     return _math_blocks(text)
 
 
