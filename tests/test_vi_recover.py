@@ -293,3 +293,18 @@ def test_a_real_sigint_during_a_chunk_keeps_that_chunk():
     with pytest.warns(UserWarning, match=r"interrupted .* after 20 of 40 steps"):
         t = run_steps(count, jnp.asarray(0.0), steps=40, key=jax.random.key(0), updates=4)
     assert t.interrupted and float(t.state) == 20.0 and t.outputs.shape == (20,)
+
+
+def test_neutra_interrupted_during_its_flow_fit_has_no_draws_to_return(monkeypatch):
+    """Ctrl-C during NeuTra's flow fit (the fit returns interrupted): there is no chain
+    yet, so NeuTra raises KeyboardInterrupt saying where it stopped (the fit is replaced by
+    one that reports an interruption, so nothing compiles)."""
+    import inference.methods.neutra as neutra
+    from inference.training import FitResult
+
+    def interrupted_fit(objective, params, *args, steps, **kw):
+        return FitResult(params, jnp.zeros(3), step=3, interrupted=True)
+
+    monkeypatch.setattr(neutra, "_fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt, match=r"flow fit \(step 3 of 50\): no draws yet"):
+        inference.infer(model, Y, method=inference.NeuTra(vi_steps=50), progress=False)
