@@ -182,4 +182,3 @@ def test_neutra_posterior_means_agree_with_enumerated_nuts(nuts_reference):
         diff = np.abs(ours[name].mean((0, 1)) - ref.mean((0, 1)))
         bound = 4 * np.sqrt(_mcse(ours[name]) ** 2 + _mcse(ref) ** 2)
         assert np.all(diff <= bound), (name, diff, bound)
-
