@@ -53,7 +53,10 @@ class FitResult(_FitFields):
                 interrupted: bool = False) -> "FitResult":
         self = super().__new__(cls, params, values)
         self.opt_state, self.key, self.interrupted = opt_state, key, bool(interrupted)
-        self.step = int(np.shape(values)[0]) if step is None else int(step)
+        if step is None:  # the steps the values cover (a trainer's values may be a dict)
+            leaves = [x for x in jax.tree.leaves(values) if np.ndim(x) > 0]
+            step = int(np.shape(leaves[0])[0]) if leaves else 0
+        self.step = int(step)
         return self
 
     opt_state: Any = None
