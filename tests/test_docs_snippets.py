@@ -12,6 +12,7 @@ which their tutorial's committed output records.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -174,3 +175,19 @@ def test_method_guide_quotes_the_measured_figures() -> None:
     text = " ".join((DOCS / "choosing-a-method.md").read_text().split())
     missing = [(figure, source) for figure, source in _figures() if figure not in text]
     assert not missing, f"docs/choosing-a-method.md lacks these measured figures: {missing}"
+
+
+def test_docstring_rewrites_for_the_api_reference() -> None:
+    # docs/griffe_doctest_examples.py turns our reST habits into Markdown for mkdocstrings.
+    spec = importlib.util.spec_from_file_location("griffe_ext", DOCS / "griffe_doctest_examples.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    doc = ("Uses :func:`~inference.langevin.ula` and :class:`Result`.\n\n"
+           "    .. math::  a = b,\n        c = d\n\n    More.\n\n"
+           "    .. note:: NumPyro's.\n\n"
+           "    Example:\n        >>> x = {\"a\": 1}\n")
+    assert ext.to_markdown(doc) == (
+        "Uses `inference.langevin.ula` and `Result`.\n\n"
+        "    ```text\n    a = b,\n    c = d\n    ```\n\n    More.\n\n"
+        "    **Note:** NumPyro's.\n\n"
+        "    Examples:\n        >>> x = {\"a\": 1}\n")
