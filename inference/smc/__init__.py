@@ -18,9 +18,11 @@ its variance (Jensen's inequality), which shrinks as ``1/N``.
 
 Adaptive tempering (``schedule=None``): the next ``beta`` is found by bisection so that the
 effective sample size of the incremental weights, ``(sum w)^2 / sum w^2``, is
-``target_ess * N`` (Jasra et al. 2011, *Scand. J. Stat.* 38(1)); it runs in a
-``jax.lax.while_loop``. A fixed ``schedule`` runs in a ``jax.lax.scan``. Both are jittable
-and ``vmap``-able (independent SMC runs).
+``target_ess * N`` (Jasra et al. 2011, *Scand. J. Stat.* 38(1)). Both that and a fixed
+``schedule`` run their stages in a ``jax.lax.while_loop``, jittable and ``vmap``-able
+(independent SMC runs). :func:`tempering` gives the same algorithm cut into stages
+(``start``, ``advance`` up to a stage, ``result``): the ``SMC`` method runs it a few stages
+per call from the host (:mod:`inference.smc.driver`: Ctrl-C, checkpoints, ``extend``).
 
 The step-size rule (``adapt_step_size=True``) for kernels whose step size the SMC sets:
 
@@ -74,9 +76,10 @@ from __future__ import annotations
 
 from inference.smc.rwm import KERNELS
 from inference.smc.resampling import RESAMPLING, resample
-from inference.smc.tempering import SMCResult, tempered_smc
+from inference.smc.tempering import SMCResult, Tempering, TemperingState, tempered_smc, tempering
 from inference.smc.method import SMC
 from inference.smc import checks  # noqa: F401  (inference.smc.checks)
 from inference.smc.model import _split_potential  # noqa: F401  (used by tests)
 
-__all__ = ["SMC", "SMCResult", "tempered_smc", "KERNELS", "RESAMPLING", "resample"]
+__all__ = ["SMC", "SMCResult", "tempered_smc", "tempering", "Tempering", "TemperingState",
+           "KERNELS", "RESAMPLING", "resample"]
