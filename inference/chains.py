@@ -284,14 +284,13 @@ class _Job:
                radius):
         """The chains' initial state: ``(state, found, n_grad)`` (``blank`` where some chain
         found no valid point: the host then raises)."""
-        C = self.C
-        candidates = uniform_candidates(init_key, p.sites, C, tries, radius)
+        candidates = uniform_candidates(init_key, p.sites, self.C, tries, radius)
         # init_params: the given point is the one candidate tried.
         candidates = jax.tree.map(
             lambda c, g: c.at[:, 0].set(jnp.where(use_given, g.astype(c.dtype), c[:, 0])),
             candidates, given)
         search = search_initial(check, candidates, jnp.where(use_given, 1, tries))
-        positions = constrain_leading(search.position, self.mesh, C)
+        positions = constrain_leading(search.position, self.mesh, self.C)
         if sampler.init_from_gradient is not None and not self.stochastic:
             start = lambda x: sampler.init_from_gradient(  # noqa: E731
                 run_key, x, search.logdensity, search.gradient)
@@ -331,19 +330,17 @@ class _Job:
                                               given, use_given, tries, radius)
                 return (state, carry[1]), found, n
 
-            def keep(carry):
-                return carry, jnp.ones((C,), bool), jnp.zeros((C,), jnp.int32)
-
+            keep = lambda carry: (carry, jnp.ones((C,), bool), jnp.zeros((C,), jnp.int32))  # noqa: E731
             carry, found, n_grad = jax.lax.cond(first, start, keep, carry)
             return run_steps(p, sampler, carry, t0, t1, base, run_key), found, n_grad
 
         return program if with_start else chunk_program
 
     def _compile(self, programs, run_key, S, tries=100, radius=2.0, with_start=True):
-        """The compiled program (from a cache when there), and its carry's zeros."""
+        """The compiled program (from a cache when there), and its carry's shapes."""
         program = self._program(S, tries, radius, with_start)
-        t0 = _host_zeros((), np.int32)
-        extra = (jax.random.key(0), self._no_given(), _host_zeros((), bool), _host_zeros((), bool))
+        t0, no = _host_zeros((), np.int32), _host_zeros((), bool)
+        extra = (run_key, self._no_given(), no, no)  # (init_key, given, use_given, first)
         rest = (t0, t0, t0, run_key, self.dyn) + (extra if with_start else ())
         compiled = programs.compile(
             jax.jit(program, donate_argnums=0),
@@ -579,8 +576,8 @@ def _caller_level() -> int:
 
 
 def _host_zeros(shape: tuple, dtype: Any) -> jax.Array:
-    """Zeros made on the host and copied over (``jnp.zeros`` compiles a small program per
-    shape: a few tenths of a second each on the CPU)."""
+    """Zeros made on the host (``jnp.zeros`` compiles a small program per shape: a few
+    tenths of a second each on the CPU)."""
     if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         like = jax.eval_shape(lambda: jax.random.key_data(jnp.zeros(shape, dtype)))
         return jax.random.wrap_key_data(np.zeros(like.shape, like.dtype),
