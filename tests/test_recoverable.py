@@ -190,8 +190,8 @@ def test_a_checkpoint_from_another_run_is_refused(base, tmp_path, monkeypatch):
     assert_same(run(checkpoint=path), base)
     with pytest.raises(ValueError, match="checkpoint_every is given but checkpoint is not"):
         run(checkpoint_every=5)
-    with pytest.raises(TypeError, match="checkpoint is not taken by VI"):
-        run(method=inference.VI(steps=10), checkpoint=path)
+    with pytest.raises(TypeError, match="checkpoint is not taken by NeuTra"):  # VI takes it
+        run(method=inference.NeuTra(vi_steps=10), checkpoint=path)
 
 
 # -- save and load -------------------------------------------------------------------------
@@ -243,8 +243,8 @@ def test_init_params_are_checked_before_running():
         run(init_params={"mu": 0.0, "s": -1.0})
     with pytest.raises(ModelError, match=r"\(chain 1\) is outside the support"):
         run(init_params={"mu": 0.0, "s": jnp.array([1.0, -1.0])})
-    with pytest.raises(TypeError, match="init_params is not taken by VI"):
-        run(method=inference.VI(steps=10), init_params={"mu": 0.0, "s": 1.0})
+    with pytest.raises(TypeError, match="init_params is not taken by NeuTra"):  # VI takes it
+        run(method=inference.NeuTra(vi_steps=10), init_params={"mu": 0.0, "s": 1.0})
 
 
 def test_init_params_map_to_the_unconstrained_start_of_each_chain():
