@@ -177,6 +177,12 @@ def test_fit_checkpoint_of_another_run_is_refused(tmp_path):
                       progress=False, checkpoint=path, optimizer=optax.adam(0.05))
     with pytest.raises(ValueError, match="checkpoint_every is given but checkpoint is not"):
         inference.fit(objective, p0, Y, steps=30, progress=False, checkpoint_every=5)
+    from inference.checkpoint import write_archive
+
+    saved = tmp_path / "result.npz"
+    write_archive(saved, {}, {"kind": "result"})  # what Result.save marks its files with
+    with pytest.raises(ValueError, match=r"is not a fit's checkpoint \(it holds a saved Result"):
+        inference.fit(objective, p0, Y, steps=STEPS, progress=False, checkpoint=saved)
 
 
 def test_fit_refuses_to_continue_with_another_optimizer():

@@ -386,9 +386,11 @@ class _Checkpoint:
             return None
         arrays, meta = ckpt.read_archive(self.path)
         if meta.get("kind") != "fit checkpoint":
+            what = {"checkpoint": "an MCMC run's checkpoint", "result": "a saved Result"}.get(
+                meta.get("kind"), repr(meta.get("kind")))
             raise ValueError(
-                f"checkpoint={self.path!r} is not a fit checkpoint (it holds a "
-                f"{meta.get('kind')}); pass another path.")
+                f"checkpoint={self.path!r} is not a fit's checkpoint (it holds {what}); pass "
+                "another path.")
         stored = meta["run"]
         differ = sorted(k for k in set(stored) | set(self.fingerprint)
                         if stored.get(k) != self.fingerprint.get(k))
