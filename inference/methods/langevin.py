@@ -37,8 +37,8 @@ gradients are in ``tuning["warmup_n_grad"]`` (per chain, named like NUTS's
 every warmup transition, the step-size searches, the curvature estimates of unadjusted
 kernels (a Hessian-vector product counts as two gradients), the initial states, and a
 restarted warmup's both runs. A run's total is ``tuning["warmup_n_grad"].sum() +
-stats["n_grad"].sum()``, plus the search for initial points (one gradient per candidate
-tried, :mod:`inference.initialization`). Counts are per chain as if it ran alone; chains batched with
+stats["n_grad"].sum()``; ``warmup_n_grad`` also holds the search for initial points (one
+gradient per candidate tried, :mod:`inference.initialization`). Counts are per chain as if it ran alone; chains batched with
 ``vmap`` can evaluate more (a batched conditional evaluates both branches, e.g. in
 L-BFGS's line search).
 
