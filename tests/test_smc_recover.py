@@ -254,3 +254,41 @@ def test_checkpoint_and_extend_in_float64(tmp_path, monkeypatch):
         monkeypatch.undo()
         assert_same(run(y=y, num_chains=1, checkpoint=path), plain)
         assert plain.extend(10, progress=False, diagnostics=False).num_draws == S + 10
+
+
+# -- split over devices -------------------------------------------------------------------
+MESH_SCRIPT = """
+import os, sys, tempfile
+sys.path.insert(0, {tests!r})
+import test_smc_recover as T
+from inference import checkpoint as ckpt
+for chains in (1, 4):  # 1 chain: its particles split over the 4 devices; 4: one chain each
+    base = T.run(num_chains=chains, devices="all")
+    assert base.timing["devices"] == 4
+    path = os.path.join(tempfile.mkdtemp(), "c.npz")
+    write, ckpt.write_archive = ckpt.write_archive, T.CrashAfter(3)
+    try:
+        T.run(num_chains=chains, devices="all", checkpoint=path)
+        raise AssertionError("no crash")
+    except RuntimeError:
+        pass
+    ckpt.write_archive = write
+    T.assert_same(T.run(num_chains=chains, devices="all", checkpoint=path), base)
+    ext = base.extend(100, progress=False, diagnostics=False, devices="all")
+    assert ext.samples["mu"].shape == (chains, T.S + 100)
+print("ok")
+"""
+
+
+@pytest.mark.slow  # a 4-device subprocess (~30 s)
+def test_checkpoint_and_extend_with_chains_or_particles_split_over_devices():
+    """The states go in and out of the chunked programs with the shardings they were
+    compiled for (a single chain's particles split over devices once failed that)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    script = MESH_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

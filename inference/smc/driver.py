@@ -43,13 +43,15 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from inference import checkpoint as ckpt
 from inference.arguments import positive_int, split_arguments, static_part
 from inference.chains import ChainOutputs, _caller_level, _unflatten
 from inference.programs.cache import compiling
 from inference.progress import ProgressBar
-from inference.sharding import constrain_leading, describe, gather, mesh_for, put_leading
+from inference.sharding import (AXIS, constrain_leading, describe, gather, mesh_for, put_leading,
+                                replicated)
 from inference.smc.checks import cpu_mesh_without_lapack, raise_if_no_likelihood
 from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
@@ -129,6 +131,28 @@ class _Job:
     def _chains(self, tree):
         return constrain_leading(tree, self.chain_mesh, self.C)
 
+    def _particle_shardings(self, states):
+        """With the particles split over devices (one chain): the states' shardings, the
+        particle axis (after the chain axis) split and the rest whole. The states go in
+        and out of the programs this way, so every call finds them as compiled."""
+        split = NamedSharding(self.particle_mesh, PartitionSpec(None, AXIS))
+        whole = replicated(self.particle_mesh)
+        return jax.tree.map(
+            lambda x: split if len(x.shape) >= 2 and x.shape[1] == self.n else whole, states)
+
+    def _particles_split(self, states):
+        """Inside a program: the states as :meth:`_particle_shardings` places them."""
+        if self.particle_mesh is None:
+            return states
+        return jax.tree.map(jax.lax.with_sharding_constraint, states,
+                            self._particle_shardings(states))
+
+    def place(self, states):
+        """Outside the programs: the chains' states where the programs take them."""
+        if self.particle_mesh is not None:
+            return jax.device_put(states, self._particle_shardings(states))
+        return put_leading(states, self.chain_mesh, self.C)
+
     def _key(self, label, *more):
         return ("smc", label, self.model, self.method, self.static, self.C, self.chain_mesh,
                 self.particle_mesh, *more)
@@ -181,7 +205,7 @@ class _Job:
 
         states, checks = jax.lax.cond(start, fresh, given, states)
         states, done = self.chunk_program(states, until, dyn)
-        return states, done, checks
+        return self._particles_split(states), done, checks
 
     def blank_states(self, keys):
         """Placeholder states of the right structure for :meth:`run_program`'s first call."""
@@ -193,7 +217,7 @@ class _Job:
         particles = {name: zeros(n, *shape) for name, shape in self.pot.sites.items()}
         states = TemperingState(particles, zeros(n), zeros(), zeros(), zeros(), count, keys,
                                 count, zeros(R + 1), zeros(R), zeros(R), zeros(R))
-        return put_leading(states, self.chain_mesh, C)
+        return self.place(states)
 
     def finish_program(self, states, keys, dyn, num_samples):
         a, kw, logprior, loglik = self._parts(dyn)
@@ -235,7 +259,8 @@ class _Job:
                                  n_grad=state.n_grad + grads.astype(state.n_grad.dtype))
             return new, (jax.vmap(constrain)(draws), lp, acc, grads)
 
-        return self._chains(jax.vmap(one)(states, keys))
+        states, out = self._chains(jax.vmap(one)(states, keys))
+        return self._particles_split(states), out
 
     # -- the host side -----------------------------------------------------------------
     def fingerprint(self, key, num_samples) -> dict:
@@ -252,8 +277,7 @@ class _Job:
 
     def restore(self, keys, leaves, impl, where):
         """Chain states from stored leaves (checked against the model and method)."""
-        states = _cooked(_unflatten(self.like_states(keys), leaves, where), impl)
-        return put_leading(states, self.chain_mesh, self.C)
+        return self.place(_cooked(_unflatten(self.like_states(keys), leaves, where), impl))
 
     def chain_state(self, states, key, t, draws, requested) -> ckpt.ChainState:
         leaves, treedef = jax.tree_util.tree_flatten(_raw(gather(states)))
