@@ -474,10 +474,10 @@ def extend_smc(method: Any, model: Callable, args: tuple, kwargs: dict, *,
     parts, grads, accs = [], 0, []
     try:
         for r in range(rounds):
-            round_keys = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
+            round_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, r)
             states, (draws, lp, acc, g) = extend_c(states, round_keys, job.dyn)
             keep = min(job.n, num_samples - r * job.n)
-            parts.append(gather(jax.tree.map(lambda v: v[:, :keep], (draws, lp))))
+            parts.append(gather(jax.tree.map(lambda v, k=keep: v[:, :k], (draws, lp))))
             grads, accs = grads + np.asarray(gather(g), np.int64), accs + [np.asarray(gather(acc))]
             bar.update(r + 1, {})
     finally:
