@@ -80,20 +80,23 @@ def test_every_gradient_of_a_run_is_reported(method):
 
 
 def test_init_params_count_one_gradient():
-    r = run_chains(inference.NUTS(), _walled(), (), {}, key=jax.random.key(0), num_warmup=0,
-                   num_samples=3, num_chains=2, progress=False, init_params={"x": -1.5})
-    assert np.asarray(r[2]["warmup_n_grad"]).tolist() == [1, 1]
+    # The given point's check, then MALA's initial state (no warmup steps).
+    r = run_chains(inference.MALA(step_size=0.1), _walled(), (), {}, key=jax.random.key(0),
+                   num_warmup=0, num_samples=3, num_chains=2, progress=False,
+                   init_params={"x": -1.5})
+    assert np.asarray(r[2]["warmup_n_grad"]).tolist() == [1 + 1, 1 + 1]
 
 
 def test_a_run_compiles_one_program_and_extend_reuses_nothing_else():
     def model():
         numpyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
 
+    method = inference.MALA(step_size=0.5)  # any ChainMethod (this one compiles quickly)
     PROGRAMS.clear()
-    r = inference.infer(model, method=inference.NUTS(), num_chains=2, num_warmup=30,
+    r = inference.infer(model, method=method, num_chains=2, num_warmup=30,
                         num_samples=20, key=1, progress=False, diagnostics=False)
     assert len(PROGRAMS) == 1  # starting the chains and stepping them: one program
-    again = inference.infer(model, method=inference.NUTS(), num_chains=2, num_warmup=30,
+    again = inference.infer(model, method=method, num_chains=2, num_warmup=30,
                             num_samples=20, key=2, progress=False, diagnostics=False)
     assert again.timing["cache"] == "memory" and len(PROGRAMS) == 1
     longer = r.extend(20, progress=False, diagnostics=False)
