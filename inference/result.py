@@ -207,7 +207,7 @@ class Result:
             >>> import os, tempfile, numpyro.distributions as dist, ppl, inference
             >>> def model():
             ...     ppl.sample("x", dist.Normal(0.0, 1.0))
-            >>> r = inference.infer(model, num_samples=50, num_warmup=50, num_chains=2,
+            >>> r = inference.infer(model, num_samples=100, num_warmup=100, num_chains=2,
             ...                     progress=False, diagnostics=False)
             >>> path = os.path.join(tempfile.mkdtemp(), "r.npz")
             >>> r.save(path)
@@ -242,12 +242,12 @@ def load_result(path: str | os.PathLike, model: Callable | None = None, *args: A
         >>> import os, tempfile, numpyro.distributions as dist, ppl, inference
         >>> def model():
         ...     ppl.sample("x", dist.Normal(0.0, 1.0))
-        >>> r = inference.infer(model, num_samples=50, num_warmup=50, num_chains=2,
+        >>> r = inference.infer(model, num_samples=100, num_warmup=100, num_chains=2,
         ...                     progress=False, diagnostics=False)
         >>> path = os.path.join(tempfile.mkdtemp(), "r.npz")
         >>> r.save(path)
-        >>> load_result(path, model).extend(10, progress=False).num_draws
-        60
+        >>> load_result(path, model).extend(50, progress=False, diagnostics=False).num_draws
+        150
     """
     arrays, meta = ckpt.read_archive(path)
     if meta.get("kind") != "result":

@@ -145,11 +145,16 @@ def relative_score_error(net: Callable, exact: Callable, proc: Process, x0: jax.
         0.0
     """
     x0 = _check_batch("relative_score_error", x0)
-    kt, ke = jax.random.split(key)
-    t = _sample_t(kt, x0.shape[0], proc, None)
-    a, s = proc.marginal(t)
-    xt = _bcast(a, x0) * x0 + _bcast(s, x0) * jax.random.normal(ke, x0.shape)
-    got = jax.vmap(lambda x, tt: convert(net(x, tt), x, tt, proc, prediction, "score"))(xt, t)
-    want = jax.vmap(lambda x, tt: exact(x[None], tt)[0])(xt, t)
-    w = _bcast(s**2, x0)
-    return jnp.sum(w * (got - want) ** 2) / jnp.sum(w * want**2)
+
+    @jax.jit  # one program, not one per operation
+    def error(x0, key):
+        kt, ke = jax.random.split(key)
+        t = _sample_t(kt, x0.shape[0], proc, None)
+        a, s = proc.marginal(t)
+        xt = _bcast(a, x0) * x0 + _bcast(s, x0) * jax.random.normal(ke, x0.shape)
+        got = jax.vmap(lambda x, tt: convert(net(x, tt), x, tt, proc, prediction, "score"))(xt, t)
+        want = jax.vmap(lambda x, tt: exact(x[None], tt)[0])(xt, t)
+        w = _bcast(s**2, x0)
+        return jnp.sum(w * (got - want) ** 2) / jnp.sum(w * want**2)
+
+    return error(x0, key)
