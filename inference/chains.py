@@ -511,20 +511,7 @@ class _Job:
         None if there is no file; ``like``: the carry's shapes."""
         if not os.path.exists(path):
             return None
-        arrays, meta = ckpt.read_archive(path)
-        if meta.get("kind") != "checkpoint":
-            raise ValueError(f"checkpoint={os.fspath(path)!r} is a saved Result, not a "
-                             "checkpoint; pass another path (inference.load_result reads it).")
-        stored = meta["run"]
-        differ = sorted(k for k in set(stored) | set(fingerprint)
-                        if stored.get(k) != fingerprint.get(k))
-        if differ:
-            raise ValueError(
-                f"checkpoint {os.fspath(path)!r} was written by a different run: it differs "
-                f"in {', '.join(differ)} (file: "
-                + ", ".join(f"{k}={stored.get(k)!r}" for k in differ if k != "key") + "). "
-                "Call infer with the same settings to resume it, or delete the file (or "
-                "pass another checkpoint path) to start afresh.")
+        arrays, meta = ckpt.read_checkpoint(path, fingerprint)
         like_state, like_buffers = like
         state = _unflatten(like_state, [arrays[f"state{i}"] for i in range(meta["num_state"])],
                            path)
