@@ -61,7 +61,7 @@ import optax
 from inference.chains import _caller_level
 from inference.programs.cache import compiling
 from inference.progress import ProgressBar, chunk_sizes
-from inference.training_results import FitResult, NonFiniteError, non_finite_error
+from inference.training_results import FitResult, NonFiniteError, Stopped, non_finite_error
 
 __all__ = ["run_steps", "minimize", "Trained", "Stopped", "FitResult", "NonFiniteError",
            "non_finite_error", "all_finite", "leaf_flags", "leaf_names"]
@@ -111,22 +111,6 @@ def leaf_names(tree: Any, prefix: str = "params") -> list[str]:
     """
     paths = jax.tree_util.tree_flatten_with_path(tree)[0]
     return [f"{prefix}{jax.tree_util.keystr(path)}" for path, _ in paths]
-
-
-class Stopped(NamedTuple):
-    """Where a guarded replay stopped: the first step whose ``ok`` flags were not all true.
-
-    Attributes:
-        step: its 0-based index.
-        ok: its flags (``False`` marks the parts that went non-finite), a numpy array.
-        state: the state that step started from (every step before it was applied).
-        previous: the state one step earlier (``state`` itself when ``step`` is 0).
-    """
-
-    step: int
-    ok: np.ndarray
-    state: Any
-    previous: Any
 
 
 class Trained(NamedTuple):

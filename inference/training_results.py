@@ -5,15 +5,28 @@ non-finite step, with the last good state). :mod:`inference.training` re-exports
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-if TYPE_CHECKING:
-    from inference.training import Stopped
+__all__ = ["FitResult", "NonFiniteError", "Stopped", "non_finite_error"]
 
-__all__ = ["FitResult", "NonFiniteError", "non_finite_error"]
+
+class Stopped(NamedTuple):
+    """Where a guarded replay stopped: the first step whose ``ok`` flags were not all true.
+
+    Attributes:
+        step: its 0-based index.
+        ok: its flags (``False`` marks the parts that went non-finite), a numpy array.
+        state: the state that step started from (every step before it was applied).
+        previous: the state one step earlier (``state`` itself when ``step`` is 0).
+    """
+
+    step: int
+    ok: np.ndarray
+    state: Any
+    previous: Any
 
 
 class _FitFields(NamedTuple):
