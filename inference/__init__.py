@@ -28,7 +28,7 @@ from inference.mcmc.gibbs import DiscreteMH, Enumerate, Gibbs, gibbs
 from inference.mcmc.combinators import compose, cycle, mixture
 from inference.vi.fit import FitResult, NonFiniteError, fit
 from inference.infer import infer
-from inference.method import ChainMethod, Method, all_methods
+from inference.method import ChainMethod, Method, Request, all_methods
 from inference.mcmc.langevin import mala, obabo, randomized_midpoint, sghmc, sgld, ula, underdamped
 from inference.methods.langevin import MALA, SGHMC, SGLD, ULA, RandomizedMidpoint, Underdamped
 from inference.initialization import initial_positions
@@ -124,6 +124,7 @@ __all__ = [
     "METHODS",
     "Method",
     "ChainMethod",
+    "Request",
     "all_methods",
     "fit",
     "FitResult",
