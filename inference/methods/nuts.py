@@ -7,13 +7,11 @@ from typing import Callable, NamedTuple
 
 import blackjax
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from blackjax.adaptation.mass_matrix import mass_matrix_adaptation
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 from blackjax.adaptation.window_adaptation import build_schedule
-from blackjax.mcmc import metrics
 
 from inference.chains import Sampler
 from inference.method import ChainMethod
@@ -73,13 +71,8 @@ class NUTS(ChainMethod):
         kernel = blackjax.nuts.build_kernel()
         max_depth = self.max_tree_depth
 
-        def one_step(key, state, step_size, inverse_mass_matrix, noise):
-            # The momentum from standard normals drawn for every chain at once (see step).
-            metric = metrics.default_metric(inverse_mass_matrix)
-            unravel = jax.flatten_util.ravel_pytree(state.position)[1]
-            metric = metric._replace(sample_momentum=lambda _, position: metric.scale(
-                position, unravel(noise), inv=False, trans=False))
-            return kernel(key, state, logdensity_fn, step_size, metric, max_depth)
+        def one_step(key, state, step_size, inverse_mass_matrix):
+            return kernel(key, state, logdensity_fn, step_size, inverse_mass_matrix, max_depth)
 
         vstep = jax.vmap(one_step)
         mm_init, mm_update, mm_final = mass_matrix_adaptation(not self.dense_mass)
@@ -141,15 +134,8 @@ class NUTS(ChainMethod):
 
         def step(carry, t, key):
             state, w, n_div, n_warm = carry
-            num_chains = state.logdensity.shape[0]
-            momentum_key, key = jax.random.split(key)
-            # One flat draw reshaped: on the CPU, XLA compiles a (chains, dim) draw (what
-            # each chain drawing its own momentum under vmap amounts to) ~0.35 s slower.
-            flat = jax.flatten_util.ravel_pytree(jax.tree.map(lambda x: x[0], state.position))[0]
-            noise = jax.random.normal(momentum_key, (num_chains * flat.size,), flat.dtype)
-            noise = noise.reshape(num_chains, flat.size)
-            keys = jax.random.split(key, num_chains)
-            state, info = vstep(keys, state, w.step_size, w.inverse_mass_matrix, noise)
+            keys = jax.random.split(key, state.logdensity.shape[0])
+            state, info = vstep(keys, state, w.step_size, w.inverse_mass_matrix)
             stats = {
                 "lp": state.logdensity,
                 "energy": info.energy,
