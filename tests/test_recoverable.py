@@ -20,6 +20,7 @@ import pytest
 import inference
 from inference import chains
 from ppl.errors import ModelError
+from draws_equal import assert_same_draws
 
 W, S, C = 40, 40, 2
 Y = jnp.array([1.0, 2.0, 3.0, 0.5, 2.2])
@@ -43,12 +44,7 @@ def base():
     return run()
 
 
-def assert_same(a, b):
-    assert set(a.samples) == set(b.samples) and set(a.stats) == set(b.stats)
-    for k in a.samples:
-        np.testing.assert_array_equal(np.asarray(a.samples[k]), np.asarray(b.samples[k]))
-    for k in a.stats:
-        np.testing.assert_array_equal(np.asarray(a.stats[k]), np.asarray(b.stats[k]))
+assert_same = assert_same_draws
 
 
 class StopAt:

@@ -28,6 +28,7 @@ import inference
 import ppl
 from inference import checkpoint as ckpt
 from inference.smc import SMC, driver
+from draws_equal import assert_same_draws
 
 Y = jnp.array([1.0, 2.0, 3.0, 0.5, 2.2])
 C, S = 2, 40
@@ -54,11 +55,7 @@ def base():
 
 
 def assert_same(a, b):
-    assert set(a.samples) == set(b.samples) and set(a.stats) == set(b.stats)
-    for k in a.samples:
-        np.testing.assert_array_equal(np.asarray(a.samples[k]), np.asarray(b.samples[k]))
-    for k in a.stats:
-        np.testing.assert_array_equal(np.asarray(a.stats[k]), np.asarray(b.stats[k]))
+    assert_same_draws(a, b)
     np.testing.assert_array_equal(a.tuning["log_evidence"], b.tuning["log_evidence"])
 
 
