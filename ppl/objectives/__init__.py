@@ -9,9 +9,10 @@ quantities to **maximize**; ``.estimate(key, params, *args)`` gives an unbiased 
 the value and ``.grad_estimate(key, params, *args)`` of its gradient.
 
 =================  =====================================================================
-``elbo``           ``E_q[log p(x, z) - log q(z)]``
+``elbo``           ``E_q[log p(x, z) - log q(z)]``; ``gradient="stl"``: sticking the landing
 ``iwae``           ``E[log (1/K) sum_k p(x, z_k) / q(z_k)]``, ``z_k ~ q`` (IWELBO);
-                   ``plate="data"``: per element of that plate, summed (see below)
+                   ``plate="data"``: per element of that plate, summed (see below);
+                   ``gradient="dreg"``: the doubly reparameterised guide gradient
 ``vimco``          IWAE with VIMCO's leave-one-out control variates for Reinforce sites
 ``renyi``          ``1/(1 - alpha) E[log (1/K) sum_k (p(x, z_k) / q(z_k))^(1 - alpha)]``
 ``rws_wake_p``     IWAE with the guide's parameters held fixed (model update of RWS)
@@ -21,6 +22,11 @@ the value and ``.grad_estimate(key, params, *args)`` of its gradient.
 ``iwhvi``          the same with ``K`` reverse-proposal samples (tighter)
 ``diwhvi``         IWAE over ``K`` draws of a hierarchical guide, ``M`` inner samples each
 =================  =====================================================================
+
+Lower-variance guide gradients (``low_variance``): ``elbo(..., gradient="stl")`` and
+``iwae(..., gradient="dreg")`` keep the value and estimate the same gradient, unbiased, with
+the guide's parameters differentiated through its reparameterised draws only (their score
+term dropped, or for DReG rewritten); the model's parameters get the usual gradient.
 
 Per-element bounds (``iwae``, ``vimco``, ``renyi`` with ``plate="data"``). Without
 ``plate``, the multi-particle objectives draw ``K`` joint particles of the whole program: on
@@ -85,6 +91,7 @@ from ppl.objectives.particles import particles, log_mean_exp
 from ppl.objectives.bounds import elbo, iwae, vimco, renyi
 from ppl.objectives.rws import rws_wake_p, rws_wake_q, forward_kl
 from ppl.objectives.hierarchical import hvi, iwhvi, diwhvi
+from ppl.objectives.low_variance import GRADIENTS, LowVarianceError
 
 __all__ = [
     "elbo",
@@ -100,3 +107,5 @@ __all__ = [
     "particles",
     "log_mean_exp",
 ]
+# Also importable from here (not in __all__, which lists the objectives and their helpers,
+# as inference.vi.method.objective_names reads it): GRADIENTS, LowVarianceError.

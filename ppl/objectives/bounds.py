@@ -15,11 +15,17 @@ from ppl.params import with_params
 from ppl.strategy import Reinforce, resolve_strategy
 
 from ppl.objectives.particles import _check_count, log_mean_exp, particles
+from ppl.objectives.low_variance import check_gradient, check_guide, dreg_iwae, stl_elbo
 from ppl.objectives.plate import _check_plain, _check_plate_options, _plate_weights
 
 
-def elbo(model: Callable, guide: Callable) -> Expectation:
+def elbo(model: Callable, guide: Callable, *, gradient: str = "standard") -> Expectation:
     """The evidence lower bound ``E_{z ~ q}[log p(x, z) - log q(z)] <= log p(x)``.
+
+    ``gradient="stl"``: the guide's parameters get sticking the landing's gradient (Roeder et
+    al. 2017; path term only, unbiased, zero variance when ``q`` is the posterior); the
+    model's parameters the usual one. Needs reparameterised guide sites; see
+    :mod:`ppl.objectives.low_variance`. The value (``.estimate``) is the same.
 
     Example (at ``q = p(z | x) = N(x/2, 1/sqrt 2)`` every estimate equals ``log p(x)``):
         >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist, ppl
@@ -35,6 +41,16 @@ def elbo(model: Callable, guide: Callable) -> Expectation:
         -1.515...
     """
 
+    check_gradient(gradient, "elbo")
+    if gradient == "stl":
+        check_guide(guide, "elbo(gradient='stl')")
+
+        @expectation
+        def elbo_stl(params, *args):
+            return stl_elbo(model, guide, params, *args)
+
+        return elbo_stl
+
     @expectation
     def elbo(params, *args):
         p, q = with_params((model, guide), params)
@@ -45,11 +61,17 @@ def elbo(model: Callable, guide: Callable) -> Expectation:
 
 
 def iwae(model: Callable, guide: Callable, K: int = 8, *, plate: str | None = None,
-         shared_globals: bool = False) -> Expectation:
+         shared_globals: bool = False, gradient: str = "standard") -> Expectation:
     """The importance-weighted bound (IWELBO, Burda et al. 2016) with ``K`` particles.
 
     ``E[log (1/K) sum_k w_k]``, ``w_k = p(x, z_k) / q(z_k)``, ``z_k ~ q`` independent;
     ``ELBO <= IWAE_K <= IWAE_{K+1} <= log p(x)``.
+
+    ``gradient="dreg"``: the guide's parameters get the doubly reparameterised gradient
+    (Tucker et al. 2019): ``sum_k wbar_k^2 d/dphi log w_k`` through the draws only, unbiased
+    and much less noisy than the standard one, whose noise grows with ``K``; the model's
+    parameters the usual one. Needs reparameterised guide sites, and no ``plate=`` (yet); see
+    :mod:`ppl.objectives.low_variance`. The value (``.estimate``) is the same.
 
     With ``plate="data"``, the per-element bound of that plate (see "Per-element bounds" in
     the module docstring): ``(N/B) sum_n log (1/K) sum_k w_{n,k}`` over the plate's ``B``
@@ -91,6 +113,22 @@ def iwae(model: Callable, guide: Callable, K: int = 8, *, plate: str | None = No
     """
     _check_count(K, "iwae: K")
     _check_plate_options(plate, shared_globals, "iwae")
+    check_gradient(gradient, "iwae")
+    if gradient == "dreg":
+        if plate is not None:
+            raise ValueError(
+                f"iwae(plate={plate!r}, gradient='dreg'): the per-element bound has no DReG "
+                "gradient yet; use gradient='standard' with plate=, or gradient='dreg' on the "
+                "joint bound (plate=None)."
+            )
+        check_guide(guide, "iwae(gradient='dreg')")
+
+        @expectation
+        def iwae_dreg(params, *args):
+            return dreg_iwae(model, guide, K, params, *args)
+
+        return iwae_dreg
+
     if plate is not None:
         _check_plain(model, guide, "iwae")
 
