@@ -32,6 +32,8 @@ from ppl.strategy import (
     strategies,
 )
 from ppl.potential import Potential, potential
+from ppl.gradient_report import GradientReport, GradientRow, gradient_report
+from ppl.auto_strategy import AutoStrategies, auto_strategies
 from ppl.subsample import subsampled_plates, with_subsample_size
 from ppl.tracing import latent_sites, trace_model
 from ppl import objectives  # noqa: E402  (objective programs written with the above)
@@ -65,6 +67,11 @@ __all__ = [
     "MVD",
     "StraightThrough",
     "GumbelSoftmax",
+    "gradient_report",
+    "GradientReport",
+    "GradientRow",
+    "auto_strategies",
+    "AutoStrategies",
     "marginal",
     "normalize",
     "Marginal",
