@@ -166,10 +166,12 @@ class GradientReport:
         return frame
 
     def plot(self, ax: Any = None, group: str | None = None) -> Any:
-        """Variance against cost per variant (log scales), one colour per site, labelled; biased
-        strategies hollow. ``group`` plots one parameter group (default: the total over all).
-        Returns the matplotlib ``Axes``. An exact gradient (zero variance) sits on the bottom
-        edge, marked ``v``.
+        """Variance against cost per measured objective (log scales): the objective as given
+        (black star, once), and per site its other strategies (one colour per site, legend),
+        biased ones hollow; the dotted line is the best unbiased ``variance x cost`` (points
+        on it are as good, points below it better). ``group`` plots one parameter group
+        (default: the total over all). An exact gradient (zero variance) sits at the bottom,
+        marked ``v``. Returns the matplotlib ``Axes``.
 
         Example:
             >>> import jax, numpyro, numpyro.distributions as dist, ppl
@@ -184,32 +186,43 @@ class GradientReport:
         import matplotlib.pyplot as plt
 
         if ax is None:
-            _, ax = plt.subplots(figsize=(6, 4))
-        points = []  # (site, label, unbiased, cost, variance)
-        for site in self.sites or [None]:
-            variants = self.for_site(site) if site is not None else (self.base,)
+            _, ax = plt.subplots(figsize=(6.5, 4.5))
+        points = []  # (site or None for the objective as given, label, unbiased, cost, variance)
+        seen = set()
+        for site, variants in [(None, (self.base,)), *self.per_site.items()]:
             for v in variants:
+                if v.strategies in seen:  # the same objective, measured once: plotted once
+                    continue
+                seen.add(v.strategies)
                 rows = [r for r in v.rows if group is None or r.group == group]
                 if group is not None and not rows:
                     raise KeyError(f"plot(group={group!r}): no such parameter group; groups are "
                                    f"{sorted({r.group for r in v.rows})}.")
-                label = strategy_label(v.strategy) if v.strategy is not None else "as given"
-                unbiased = v.strategy is None or v.strategy.unbiased
+                label = strategy_label(v.strategy) if site is not None else "as given (" + \
+                    ", ".join(f"{s}: {strategy_label(c)}" for s, c in self.sites.items()) + ")"
+                unbiased = site is None or v.strategy.unbiased
                 points.append((site, label, unbiased, v.cost, sum(r.variance for r in rows)))
         positive = [p[4] for p in points if p[4] > 0 and math.isfinite(p[4])]
         floor = min(positive) / 10 if positive else 1e-12
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for i, site in enumerate(dict.fromkeys(p[0] for p in points)):
-            colour = colours[i % len(colours)]
-            for s, label, unbiased, cost, var in points:
-                if s != site:
-                    continue
-                y = var if var > 0 else floor
-                ax.scatter([cost], [y], marker="o" if var > 0 else "v", s=40,
-                           facecolors=colour if unbiased else "none", edgecolors=colour)
-                text = f"{site}: {label}" if site is not None else label
-                ax.annotate(text + ("" if unbiased else " (biased)") + ("" if var > 0 else " (exact)"),
-                            (cost, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        order = list(dict.fromkeys(p[0] for p in points if p[0] is not None))
+        for site, label, unbiased, cost, var in points:
+            colour = "black" if site is None else colours[order.index(site) % len(colours)]
+            y = var if var > 0 else floor
+            marker = "*" if site is None else ("o" if var > 0 else "v")
+            ax.scatter([cost], [y], marker=marker, s=90 if site is None else 40,
+                       facecolors=colour if unbiased else "none", edgecolors=colour,
+                       label=None if site is None else f"site '{site}'")
+            text = label + ("" if unbiased else " (biased)") + ("" if var > 0 else " (exact)")
+            ax.annotate(text, (cost, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        scores = [p[3] * p[4] for p in points if p[2] and p[4] > 0]
+        if scores:  # the best unbiased variance x cost, as a line of slope -1
+            lo, hi = min(p[3] for p in points) / 2, max(p[3] for p in points) * 2
+            ax.plot([lo, hi], [min(scores) / lo, min(scores) / hi], ":", color="grey", lw=1)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        if unique:
+            ax.legend(unique.values(), unique.keys(), fontsize=8, loc="best")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("seconds per gradient estimate")

@@ -181,8 +181,10 @@ def test_biased_strategies_are_marked_in_rows_table_and_plot():
     assert line.endswith("BIASED") and "biased; its variance does not say" in table
     ax = report.plot()
     labels = [t.get_text() for t in ax.texts]
-    assert "z: straight_through (biased)" in labels and "z: reinforce" in labels
-    assert len(ax.collections) == 2
+    assert labels == ["as given (z: reinforce)", "straight_through (biased)"]
+    (as_given, st) = ax.collections
+    assert as_given.get_facecolors().shape[0] == 1 and st.get_facecolors().shape[0] == 0  # hollow
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["site 'z'"]
     import matplotlib.pyplot as plt
 
     plt.close(ax.figure)
@@ -230,6 +232,22 @@ def test_to_dataframe_and_variance_x_cost():
     assert frame["variance_x_cost"].iloc[0] == pytest.approx(row.variance * row.cost)
     assert report.variance_x_cost("x") == {"reparam": pytest.approx(row.variance * row.cost)}
     assert "Only the current strategies were measured" in str(report)
+
+
+def test_an_exact_gradient_is_plotted_at_the_bottom_and_said_exact():
+    @ppl.expectation
+    def linear(params):
+        values, _ = ppl.sim(lambda: numpyro.sample("x", dist.Normal(params["mu"], 1.0)))
+        return 3.0 * values["x"]  # reparameterized: d/dmu = 3 exactly, every time
+
+    report = ppl.gradient_report(linear, {"mu": 0.5}, key=jax.random.key(6), num_estimates=8)
+    (row,) = report.rows
+    assert row.variance == 0.0 and row.mean == 3.0 and row.snr == math.inf
+    ax = report.plot()
+    assert [t.get_text() for t in ax.texts] == ["as given (x: reparam) (exact)"]
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)
 
 
 def test_sites_inside_vmap_are_not_offered_enumeration():
