@@ -75,6 +75,7 @@ def strategy_label(strategy: Strategy) -> str:
         return f"gumbel_softmax({strategy.temperature:g})"
     return strategy.name
 
+
 @dataclass(frozen=True)
 class GradientRow:
     """One parameter group's gradient statistics under one choice of strategies.
@@ -128,6 +129,7 @@ class Variant:
     def variance(self) -> float:
         """Total variance of the gradient over every parameter group."""
         return float(sum(r.variance for r in self.rows))
+
 
 def _as_key(key: Any) -> jax.Array:
     if isinstance(key, int) and not isinstance(key, bool):
@@ -294,9 +296,15 @@ class _Lab:
                 obj = self.base
             dynamic, rebuild = _split_static(self.args)
 
+            def one(k, p, dyn):
+                # Through an optimization barrier with the key, params and data look different
+                # at every iteration, so XLA cannot hoist a key-free estimate (an enumerated
+                # one) out of the loop: each iteration costs what one estimate costs.
+                k, p, dyn = jax.lax.optimization_barrier((k, p, dyn))
+                return obj.grad_estimate(k, p, *rebuild(dyn))[0]
+
             def run(ks, p, dyn):
-                a = rebuild(dyn)
-                return jax.lax.map(lambda k: obj.grad_estimate(k, p, *a)[0], ks)
+                return jax.lax.map(lambda k: one(k, p, dyn), ks)
 
             grads, cost, compile_s = _run_timed(run, self.keys, self.params, dynamic)
             self._cache[cache_key] = (_stats(grads, self.groups, self.keys.shape[0]), cost,

@@ -168,6 +168,42 @@ def test_every_bernoulli_strategy_against_brute_force(dtype):
                ("straight_through", "gumbel_softmax(1)"))
 
 
+# ------------------------------------------------ a library objective: the ELBO of a mixture
+
+
+def mixture_model(x):
+    c = numpyro.sample("c", dist.Categorical(jnp.array([0.3, 0.7])))
+    numpyro.sample("x", dist.Normal(jnp.array([-1.0, 1.0])[c], 1.0), obs=x)
+
+
+def mixture_guide(x):
+    numpyro.sample("c", dist.Categorical(logits=numpyro.param("logits", jnp.zeros(2))))
+
+
+def exact_elbo(params, x):
+    # sum_c q(c) (log p(x, c) - log q(c)), the ELBO by enumeration: its gradient is exact
+    log_q = jax.nn.log_softmax(params["logits"])
+    log_p = jnp.log(jnp.array([0.3, 0.7])) + dist.Normal(jnp.array([-1.0, 1.0]), 1.0).log_prob(x)
+    return jnp.sum(jnp.exp(log_q) * (log_p - log_q))
+
+
+def test_report_on_a_library_objective_matches_the_enumerated_gradient():
+    n, x = 2000, jnp.asarray(0.3)
+    params = {"logits": jnp.array([0.4, -0.2])}
+    report = ppl.gradient_report(
+        lambda **s: ppl.objectives.elbo(mixture_model, ppl.strategies(mixture_guide, **s)),
+        params, x, key=jax.random.key(7), num_estimates=n, candidates=["enum"])
+    exact = np.asarray(jax.jit(jax.grad(exact_elbo))(params, x)["logits"], np.float64)
+    reinforce, enum = report.rows
+    assert (reinforce.strategy, enum.strategy) == ("reinforce", "enum")
+    # the enumerated estimate is the exact gradient (float32 rounding only)
+    assert enum.variance < 1e-10 and abs(enum.mean - np.linalg.norm(exact)) < 1e-5
+    # REINFORCE is unbiased: the norm of its mean within 4 standard errors of the exact norm
+    # (mean_se bounds the error of the mean vector, and | |a| - |b| | <= |a - b|)
+    assert abs(reinforce.mean - np.linalg.norm(exact)) < 4 * reinforce.mean_se
+    assert reinforce.variance > 100 * enum.variance + 1e-3
+
+
 # ------------------------------------------------------------------- the report's structure
 
 
