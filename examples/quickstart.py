@@ -44,9 +44,9 @@ def main(out: str = "quickstart_trace.png", seed: int = 0) -> inference.Result:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from inference.arviz_data import _arviz
+    from inference.arviz_data import import_arviz
 
-    _arviz().plot_trace(result.to_arviz(), var_names=["mu", "tau"])
+    import_arviz().plot_trace(result.to_arviz(), var_names=["mu", "tau"])
     plt.savefig(out, dpi=90, bbox_inches="tight")
     print(f"trace plot written to {os.path.abspath(out)}")
     return result

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 import numpy as np
 
 
-def _arviz():
+def import_arviz():
+    """ArviZ, imported without its 1.x-migration notices (``import_arviz().plot_trace(...)``)."""
     with warnings.catch_warnings():
         # ArviZ 0.23 announces the 1.x migration on import; nothing for our users to act on.
         warnings.simplefilter("ignore", FutureWarning)
@@ -25,7 +26,7 @@ def _arviz():
 
 def arviz_major_version() -> int:
     """Major version of the installed ArviZ (0 or 1)."""
-    return int(_arviz().__version__.split(".")[0])
+    return int(import_arviz().__version__.split(".")[0])
 
 
 def from_groups(
@@ -45,7 +46,7 @@ def from_groups(
         >>> tuple(np.asarray(data["posterior"]["x"]).shape)
         (2, 10)
     """
-    az = _arviz()
+    az = import_arviz()
     groups = {
         name: {k: np.asarray(v) for k, v in group.items()}
         for name, group in groups.items()

@@ -48,9 +48,8 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import sys
+import re
 import time
 import warnings
 from typing import Any, Callable, NamedTuple
@@ -60,13 +59,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from inference import checkpoint as ckpt
+from inference.chain_target import PotentialTarget
 from inference.arguments import CONCRETE_ERRORS, positive_int, split_arguments, static_part
 from inference.programs.cache import compiling
-from inference.initialization import raise_no_valid_initial, search_initial, uniform_candidates
 from inference.progress import ProgressBar, chunk_sizes
 from inference.sharding import constrain_leading, describe, gather, put_leading
-from inference.starting_points import raise_nonfinite_start, unconstrained_starts
-from ppl.potential import Potential
+from inference.stacklevel import user_stacklevel
 from ppl.potential import potential as make_potential
 from ppl.potential import potential_from_trace
 
@@ -120,18 +118,18 @@ class ChainOutputs(tuple):
         return self
 
 
-def _with_data(pot: Potential, data: Any) -> Potential:
-    args, kwargs = data
-    return dataclasses.replace(pot, args=tuple(args), kwargs=dict(kwargs))
-
-
 def _all_static(tree: Any) -> tuple[list, Callable[[list], Any]]:
     return [], lambda _: tree
 
 
-def _potential(model, args, kwargs, trace):
-    return (make_potential(model, *args, **kwargs) if trace is None
-            else potential_from_trace(model, tuple(args), dict(kwargs), trace))
+def _target(method, model, args, kwargs, trace, target):
+    """The chain target (:mod:`inference.chain_target`): ``target`` if given, else the
+    model's potential."""
+    if target is not None:
+        return target
+    pot = (make_potential(model, *args, **kwargs) if trace is None
+           else potential_from_trace(model, tuple(args), dict(kwargs), trace))
+    return PotentialTarget(pot, bool(getattr(method, "stochastic_gradients", False)))
 
 
 def _with_fallback(run: Callable, data: tuple) -> ChainOutputs:
@@ -161,6 +159,7 @@ def run_chains(
     init_params: dict | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    target: Any = None,
 ) -> ChainOutputs:
     """Run ``method`` (an object with ``sampler(...)``) on ``model(*args, **kwargs)``.
 
@@ -176,17 +175,18 @@ def run_chains(
     constrained starting values (see :mod:`inference.starting_points`). ``checkpoint``: a
     file to write the state and draws to every ``checkpoint_every`` loop steps (default:
     a twentieth of the run); if it exists it is resumed from (it must come from
-    the same call: same method, counts, key and data).
+    the same call: same method, counts, key and data). ``target``: what the chains move
+    in (:mod:`inference.chain_target`; default the model's potential).
     """
     if checkpoint is None and checkpoint_every is not None:
         raise ValueError("checkpoint_every is given but checkpoint is not: pass "
                          "checkpoint='run.npz' (the file to write) as well.")
     if checkpoint_every is not None:
         checkpoint_every = positive_int("checkpoint_every", checkpoint_every)
-    pot = _potential(model, args, kwargs, trace)
+    target = _target(method, model, args, kwargs, trace, target)
     data = (tuple(args), dict(kwargs))
-    given = None if init_params is None else unconstrained_starts(pot, init_params, num_chains)
-    job = _Job(method, pot, data, num_warmup, num_chains, mesh)
+    given = None if init_params is None else target.starts(init_params, num_chains)
+    job = _Job(method, target, data, num_warmup, num_chains, mesh)
     return _with_fallback(lambda split: job.run(
         split, key, num_samples, progress, tries, radius, given, checkpoint, checkpoint_every),
         data)
@@ -203,6 +203,7 @@ def continue_chains(
     key: jax.Array | None = None,
     progress: bool = True,
     mesh: Any = None,
+    target: Any = None,
 ) -> ChainOutputs:
     """``num_samples`` more draws of the chains in ``state`` (a run's ``.state``).
 
@@ -212,43 +213,34 @@ def continue_chains(
     ``key`` gives other draws (step ``t`` then uses ``fold_in(key, t)``).
     """
     num_samples = positive_int("num_samples", num_samples)
-    pot = _potential(model, args, kwargs, None)
+    target = _target(method, model, args, kwargs, None, target)
     data = (tuple(args), dict(kwargs))
-    job = _Job(method, pot, data, state.num_warmup, state.num_chains, mesh)
+    job = _Job(method, target, data, state.num_warmup, state.num_chains, mesh)
     return _with_fallback(lambda split: job.extend(split, state, num_samples, key, progress),
                           data)
 
 
 class _Job:
-    """The parts of a run that do not change: the model's potential, method, counts, mesh."""
+    """The parts of a run that do not change: the chain target, method, counts, mesh."""
 
-    def __init__(self, method, pot, data, W, C, mesh):
-        self.method, self.pot, self.data, self.W, self.C, self.mesh = method, pot, data, W, C, mesh
-        self.stochastic = getattr(method, "stochastic_gradients", False)
+    def __init__(self, method, target, data, W, C, mesh):
+        self.method, self.target, self.data = method, target, data
+        self.W, self.C, self.mesh = W, C, mesh
         self.label = type(method).__name__
 
     # -- the programs ------------------------------------------------------------------
-    def _sampler(self, p: Potential, S: int) -> tuple[Sampler, Callable]:
-        """The method's sampler on ``p``, and the density initial points are checked on."""
-        if self.stochastic:
-            # The kernel differentiates a fresh minibatch each step; initial points are
-            # checked on one fixed minibatch.
-            fixed = jax.random.key(0)
-            return self.method.sampler(p.logdensity_estimate, self.W, S), \
-                lambda x: p.logdensity_estimate(x, fixed)
-        return self.method.sampler(p.logdensity_fn, self.W, S), p.logdensity_fn
 
     def _prepare(self, split, S):
         dyn, rebuild = split
         self.dyn, self.rebuild = dyn, rebuild
         self.static = static_part(self.data) if dyn else ("constants", self.data)
-        self.host = self._sampler(self.pot, S)[0]
+        self.host = self.target.sampler(self.method, self.W, S)[0]
         self.skip = self.host.loop_warmup
-        self.key_parts = (self.pot.model, self.method, self.static, self.W, S, self.C, self.mesh)
+        self.key_parts = (self.target.model, self.target.program_key, self.method, self.static, self.W, S, self.C, self.mesh)
 
     def _traced(self, dyn, S):
-        p = _with_data(self.pot, self.rebuild(dyn))
-        return (p, *self._sampler(p, S))
+        p = self.target.with_data(*self.rebuild(dyn))
+        return (p, *p.sampler(self.method, self.W, S))
 
     def _draw(self, p, sampler, state, t, run_key):
         """One loop step: the new state, constrained draws and stats of every chain."""
@@ -273,7 +265,7 @@ class _Job:
         """Shapes of the programs' carry ``(sampler state, buffers)`` (traced, not run)."""
         def carry(run_key, dyn):
             p, sampler, _ = self._traced(dyn, S)
-            positions = {n: jnp.zeros((self.C,) + tuple(shape), jnp.result_type(float))
+            positions = {n: jnp.zeros((self.C,) + tuple(shape), p.dtypes[n])
                          for n, shape in p.sites.items()}
             state = sampler.init(run_key, positions)
             return state, self._buffers(p, sampler, state, run_key, S)
@@ -284,14 +276,10 @@ class _Job:
                radius):
         """The chains' initial state: ``(state, found, n_grad)`` (``blank`` where some chain
         found no valid point: the host then raises)."""
-        candidates = uniform_candidates(init_key, p.sites, self.C, tries, radius)
         # init_params: the given point is the one candidate tried.
-        candidates = jax.tree.map(
-            lambda c, g: c.at[:, 0].set(jnp.where(use_given, g.astype(c.dtype), c[:, 0])),
-            candidates, given)
-        search = search_initial(check, candidates, jnp.where(use_given, 1, tries))
+        search = p.search(check, init_key, self.C, tries, radius, given, use_given)
         positions = constrain_leading(search.position, self.mesh, self.C)
-        if sampler.init_from_gradient is not None and not self.stochastic:
+        if sampler.init_from_gradient is not None and p.uses_gradient_start:
             start = lambda x: sampler.init_from_gradient(  # noqa: E731
                 run_key, x, search.logdensity, search.gradient)
         else:
@@ -350,8 +338,9 @@ class _Job:
         return compiled, compiled.args_info[0][0]
 
     def _no_given(self):
-        return {n: _host_zeros((self.C,) + tuple(shape), jnp.result_type(float))
-                for n, shape in self.pot.sites.items()}
+        dtypes = self.target.dtypes
+        return {n: _host_zeros((self.C,) + tuple(shape), dtypes[n])
+                for n, shape in self.target.sites.items()}
 
     def _zeros(self, like):
         """A carry of zeros shaped as ``like`` (the compiled program's carry argument)."""
@@ -416,7 +405,7 @@ class _Job:
             warnings.warn(
                 f"{self.label}: interrupted (KeyboardInterrupt) after {draws} of {requested} "
                 f"draws per chain; returning those. result.extend({requested - draws}) "
-                "continues the chains.", UserWarning, stacklevel=_caller_level())
+                "continues the chains.", UserWarning, stacklevel=user_stacklevel())
         return ChainOutputs(samples, stats, tuning, timing, chain_state)
 
     # -- a run from the start (or from its checkpoint) ---------------------------------
@@ -425,9 +414,9 @@ class _Job:
         init_key, run_key = jax.random.split(key)
         num_steps = self.host.num_steps
         use_given = given is not None
+        dtypes = self.target.dtypes
         given_arg = (self._no_given() if given is None else
-                     {n: jax.device_put(np.asarray(v, jnp.result_type(float)))
-                      for n, v in given.items()})
+                     {n: jax.device_put(np.asarray(v, dtypes[n])) for n, v in given.items()})
         start_args = (init_key, given_arg, np.asarray(use_given))
         fingerprint = self._fingerprint(key, S, tries, radius, given) if path else None
         t_start = time.perf_counter()
@@ -445,11 +434,7 @@ class _Job:
             carry, found, n_grad = chunk(self._zeros(like), zero, zero, zero, first=True)
             found = np.asarray(gather(found))
             if not bool(np.all(found)):
-                if given is not None:
-                    raise_nonfinite_start(self.pot, given, found)
-                raise_no_valid_initial(
-                    self.pot, uniform_candidates(init_key, self.pot.sites, self.C, tries, radius),
-                    found, radius)
+                self.target.raise_not_found(init_key, self.C, tries, radius, given, found)
             t, self.search_n_grad = 0, np.asarray(gather(n_grad))
         else:
             (carry, t), self.search_n_grad = restored
@@ -486,11 +471,13 @@ class _Job:
         return out
 
     def _fingerprint(self, key, S, tries, radius, given) -> dict:
-        return {"method": repr(self.method), "num_warmup": self.W, "num_samples": S,
+        # A function's repr holds its address, new in each process (a Gibbs block's factory).
+        method = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(self.method))
+        return {"method": method, "num_warmup": self.W, "num_samples": S,
                 "num_chains": self.C, "key": ckpt.to_host(jax.random.key_data(key)).tolist(),
                 "tries": tries, "radius": radius, "data": ckpt.data_digest(self.data),
                 "init_params": None if given is None else ckpt.data_digest(given),
-                "sites": {n: list(s) for n, s in self.pot.sites.items()},
+                "sites": {n: list(s) for n, s in self.target.sites.items()},
                 "x64": bool(jax.config.jax_enable_x64)}
 
     def _write(self, path, fingerprint, carry, t) -> None:
@@ -513,14 +500,14 @@ class _Job:
             return None
         arrays, meta = ckpt.read_checkpoint(path, fingerprint)
         like_state, like_buffers = like
-        state = _unflatten(like_state, [arrays[f"state{i}"] for i in range(meta["num_state"])],
+        state = ckpt.unflatten_like(like_state, [arrays[f"state{i}"] for i in range(meta["num_state"])],
                            path)
         buffers = [arrays[f"draws{i}"] for i in range(meta["num_draws"])]
         S = jax.tree.leaves(like_buffers)[0].shape[1]
         # Slots not yet drawn are zeros, as the first call leaves them.
         buffers = [np.concatenate([b, np.zeros((b.shape[0], S - b.shape[1]) + b.shape[2:],
                                                b.dtype)], axis=1) for b in buffers]
-        buffers = _unflatten(like_buffers, buffers, path)
+        buffers = ckpt.unflatten_like(like_buffers, buffers, path)
         searched = arrays.get("search_n_grad", np.zeros(self.C, np.int32))
         return (put_leading((state, buffers), self.mesh, self.C), int(meta["t"])), searched
 
@@ -536,7 +523,7 @@ class _Job:
             chunk_c, like = self._compile(programs, run_key, n, with_start=False)
         if state.treedef is not None:  # else loaded from a file: the structure of `like`
             like = (jax.tree_util.tree_unflatten(state.treedef, state.leaves), like[1])
-        chain_state = _unflatten(like[0], state.leaves, "the saved state")
+        chain_state = ckpt.unflatten_like(like[0], state.leaves, "the saved state")
         carry = (put_leading(chain_state, self.mesh, self.C), self._zeros(like[1]))
         bar = ProgressBar(n, desc=self.label, enabled=progress, phases=[("sample", n)])
         end = state.t + n
@@ -552,16 +539,6 @@ class _Job:
         return out
 
 
-def _caller_level() -> int:
-    """The ``stacklevel`` that makes a warning issued by this function's caller point at the
-    first frame outside the ``inference`` package (the user's ``infer`` or ``extend`` call)."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
 def _host_zeros(shape: tuple, dtype: Any) -> jax.Array:
     """Zeros made on the host (``jnp.zeros`` compiles a small program per shape: a few
     tenths of a second each on the CPU)."""
@@ -570,23 +547,3 @@ def _host_zeros(shape: tuple, dtype: Any) -> jax.Array:
         return jax.random.wrap_key_data(np.zeros(like.shape, like.dtype),
                                         impl=jax.random.key_impl(jnp.zeros((), dtype)))
     return jax.device_put(np.zeros(shape, dtype))
-
-
-def _unflatten(like: Any, leaves: list, where: Any) -> Any:
-    """``leaves`` in the structure of ``like`` (shapes and dtypes checked)."""
-    expected, treedef = jax.tree_util.tree_flatten(like)
-    ok = len(expected) == len(leaves) and all(
-        tuple(e.shape) == tuple(np.shape(v)) for e, v in zip(expected, leaves))
-    if not ok:
-        raise ValueError(
-            f"{where!s} does not fit this model and method: it holds {len(leaves)} arrays of "
-            f"shapes {[tuple(np.shape(v)) for v in leaves][:6]}..., the sampler's state has "
-            f"{len(expected)} of shapes {[tuple(e.shape) for e in expected][:6]}.... Pass the "
-            "model, data and method the state was made with.")
-    out = []
-    for e, v in zip(expected, leaves):
-        if jax.dtypes.issubdtype(e.dtype, jax.dtypes.prng_key):
-            out.append(jax.random.wrap_key_data(jnp.asarray(v)))
-        else:
-            out.append(jnp.asarray(v, e.dtype))
-    return jax.tree_util.tree_unflatten(treedef, out)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["ChainState", "write_archive", "read_archive", "read_checkpoint", "to_host",
@@ -54,6 +55,8 @@ class ChainState:
         num_chains: chains.
         draws: kept draws made so far; ``requested``: kept draws asked for (fewer when the
             run was interrupted).
+        context: what the sampler needs besides its arrays to continue, kept in memory only
+            (``Learned``: its fitted proposal); not written to files.
     """
 
     leaves: list
@@ -65,6 +68,7 @@ class ChainState:
     num_chains: int
     draws: int
     requested: int
+    context: Any = None
 
     @property
     def interrupted(self) -> bool:
@@ -231,3 +235,23 @@ def data_digest(tree: Any) -> str:
         else:
             h.update(repr(x).encode())
     return h.hexdigest()[:32]
+
+
+def unflatten_like(like: Any, leaves: list, where: Any) -> Any:
+    """``leaves`` in the structure of ``like`` (shapes and dtypes checked)."""
+    expected, treedef = jax.tree_util.tree_flatten(like)
+    ok = len(expected) == len(leaves) and all(
+        tuple(e.shape) == tuple(np.shape(v)) for e, v in zip(expected, leaves))
+    if not ok:
+        raise ValueError(
+            f"{where!s} does not fit this model and method: it holds {len(leaves)} arrays of "
+            f"shapes {[tuple(np.shape(v)) for v in leaves][:6]}..., the sampler's state has "
+            f"{len(expected)} of shapes {[tuple(e.shape) for e in expected][:6]}.... Pass the "
+            "model, data and method the state was made with.")
+    out = []
+    for e, v in zip(expected, leaves):
+        if jax.dtypes.issubdtype(e.dtype, jax.dtypes.prng_key):
+            out.append(jax.random.wrap_key_data(jnp.asarray(v)))
+        else:
+            out.append(jnp.asarray(v, e.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)

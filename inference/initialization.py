@@ -77,13 +77,16 @@ class InitialSearch(NamedTuple):
 
 
 def search_initial(logdensity_fn: Callable, candidates: Position,
-                   limit: jax.Array | int | None = None) -> InitialSearch:
+                   limit: jax.Array | int | None = None,
+                   fixed: tuple[str, ...] = ()) -> InitialSearch:
     """First candidate per chain with a finite log density and gradient (traceable).
 
     ``candidates``: shape ``(num_chains, tries, *site_shape)`` per site. Tries are evaluated
     one at a time for all chains, and the loop stops as soon as every chain has a valid
     point (or after ``limit`` tries, default all of them), so a well-behaved model costs one
     gradient per chain. The log density's gradient appears once in the program.
+    ``fixed``: sites not differentiated (e.g. Gibbs's discrete sites): chosen with the
+    others, left out of ``gradient``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -96,8 +99,14 @@ def search_initial(logdensity_fn: Callable, candidates: Position,
     num_chains, tries = leaves[0].shape[:2]
     limit = tries if limit is None else limit
     at = lambda t: jax.tree.map(lambda x: x[:, t], candidates)  # noqa: E731
+    moving = lambda x: {n: v for n, v in x.items() if n not in fixed}  # noqa: E731
+
+    def value_and_grad(x):
+        rest = {n: x[n] for n in fixed}
+        return jax.value_and_grad(lambda m: logdensity_fn({**rest, **m}))(moving(x))
+
     # One jitted function, traced once: eval_shape below and the loop body reuse its trace.
-    evaluate = jax.jit(jax.vmap(jax.value_and_grad(logdensity_fn)))
+    evaluate = jax.jit(jax.vmap(value_and_grad))
     value_shape = jax.eval_shape(evaluate, at(0))[0]
 
     def cond(carry):
@@ -117,7 +126,8 @@ def search_initial(logdensity_fn: Callable, candidates: Position,
                 jax.tree.map(pick, new_grad, grad), n + (~found).astype(n.dtype))
 
     init = (jnp.zeros((), jnp.int32), at(0), jnp.zeros((num_chains,), bool),
-            jnp.zeros(value_shape.shape, value_shape.dtype), jax.tree.map(jnp.zeros_like, at(0)),
+            jnp.zeros(value_shape.shape, value_shape.dtype),
+            jax.tree.map(jnp.zeros_like, moving(at(0))),
             jnp.zeros((num_chains,), jnp.int32))
     _, chosen, found, value, grad, n = jax.lax.while_loop(cond, body, init)
     return InitialSearch(chosen, found, value, grad, n)

@@ -16,7 +16,7 @@ import numpy as np
 from numpyro.infer import log_likelihood as numpyro_log_likelihood
 
 from inference import checkpoint as ckpt
-from inference.arviz_data import _arviz, from_groups
+from inference.arviz_data import import_arviz, from_groups
 
 
 @dataclass
@@ -88,7 +88,7 @@ class Result:
 
     def summary(self, **kwargs: Any):
         """ArviZ's summary table (mean, sd, HDI, MCSE, ESS, R-hat) of the posterior draws."""
-        return _arviz().summary(self.to_arviz(), **kwargs)
+        return import_arviz().summary(self.to_arviz(), **kwargs)
 
     def diagnose(self) -> list[str]:
         """Problems in the draws, one message each (empty if none): R-hat > 1.01, bulk ESS
@@ -112,7 +112,8 @@ class Result:
                devices: Any = None, diagnostics: bool = True) -> "Result":
         """A new Result with ``num_samples`` more draws per chain appended, continuing the
         same chains from where they stopped with the step size and mass matrix warmup
-        chose (no new warmup). MCMC methods (``inference.ChainMethod``), and ``VI``, whose
+        chose (no new warmup). MCMC methods (``inference.ChainMethod``, ``Gibbs``, and
+        ``Learned(correct="irmh")``, whose chains go on with the same fitted proposal), ``VI``, whose
         extension is ``num_samples`` more independent draws per chain from the fitted guide
         (no fitting; new draws each time, with the run's key folded with the draws made),
         and ``SMC``, whose extension moves the final particle populations by MCMC steps at
@@ -149,7 +150,8 @@ class Result:
         if self.state is None or not hasattr(self.method, "extend"):
             raise ValueError(
                 f"this Result (method {type(self.method).__name__}) has no chain state to "
-                "continue: extend works for MCMC methods (NUTS, MALA, ...) and VI, on a Result "
+                "continue: extend works for MCMC methods (NUTS, MALA, ..., Gibbs, Learned with IRMH), "
+                "SMC and VI, on a Result "
                 "from infer, from result.extend, or from inference.load_result.")
         if self.model is None:
             raise ValueError(

@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inference.chains import _caller_level
+from inference.stacklevel import user_stacklevel
 from inference.programs.cache import compiling
 from inference.progress import ProgressBar, chunk_sizes
 from inference.training_results import FitResult, NonFiniteError, Stopped, non_finite_error
@@ -330,7 +330,7 @@ def run_steps(
         if on_interrupt == "warn":
             warnings.warn(
                 f"{label}: interrupted (KeyboardInterrupt) after {done} of {steps} steps; "
-                "returning the state reached.", UserWarning, stacklevel=_caller_level())
+                "returning the state reached.", UserWarning, stacklevel=user_stacklevel())
         return Trained(state, _joined(chunks, done), None, True)
     if stopped is None:
         return Trained(state, _joined(chunks, steps), None)

@@ -14,7 +14,7 @@ import numpyro.distributions as dist
 import pytest
 
 import inference
-from inference.arviz_data import _arviz, arviz_major_version, from_groups
+from inference.arviz_data import import_arviz, arviz_major_version, from_groups
 
 pytestmark = pytest.mark.arviz
 
@@ -68,7 +68,7 @@ def test_summary_and_plot_trace_without_warnings(result):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    az = _arviz()
+    az = import_arviz()
     data = result.to_arviz()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -311,6 +311,6 @@ def test_neutra_interrupted_during_its_flow_fit_has_no_draws_to_return(monkeypat
     def interrupted_fit(objective, params, *args, steps, **kw):
         return FitResult(params, jnp.zeros(3), step=3, interrupted=True)
 
-    monkeypatch.setattr(neutra, "_fit", interrupted_fit)
+    monkeypatch.setattr(neutra, "fit_within", interrupted_fit)
     with pytest.raises(KeyboardInterrupt, match=r"flow fit \(step 3 of 50\): no draws yet"):
         inference.infer(model, Y, method=inference.NeuTra(vi_steps=50), progress=False)

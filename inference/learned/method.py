@@ -21,8 +21,10 @@ from inference.learned.draws import _as_points, _draws_for
 from inference.learned.fitting import fit_flow_matching_to_draws, fit_flow_to_draws, flow_from_vi
 from inference.learned.flow import Flow
 from inference.learned.flow_matching_sampler import FlowMatchingSampler
-from inference.learned.sampling import _iid, _irmh_chains
+from inference.chains import ChainOutputs, continue_chains, run_chains
+from inference.learned.sampling import IRMHTarget, _iid
 from inference.method import Method, Outputs, Request
+from inference.stacklevel import user_stacklevel
 from ppl.enumeration import enumeration_of
 from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
@@ -59,6 +61,11 @@ class Learned(Method):
        started at proposal draws, ``num_warmup`` steps of burn-in, then ``num_samples`` kept
        per chain: exact for the posterior; ``None`` -- ``num_chains x num_samples`` i.i.d.
        proposal draws (the "chains" are a layout), exact only as far as the flow is.
+       The IRMH chains run in chunks as every MCMC method's (:mod:`inference.chains`):
+       Ctrl-C returns the draws so far, and ``result.extend(n)`` continues them with the
+       same proposal (in the same session: the proposal is not written to files).
+
+    ``init_params`` (of ``infer``) starts the chains of a source method that takes them.
 
     ``steps``, ``batch_size``, ``optimizer``, ``standardize``, ``validation`` (held-out
     fraction for early stopping; normalizing flows only) go to the fit; ``base_scale``
@@ -117,6 +124,8 @@ class Learned(Method):
     #: Its density is ``ppl.potential``'s: enumerated discrete sites are summed out (infer).
     sums_out_enumerated: ClassVar[bool] = True
     splits_devices: ClassVar[bool] = False
+    #: ``init_params`` starts the chains of its source method (one that takes them).
+    options: ClassVar[frozenset] = frozenset({"init_params"})
 
     def __post_init__(self):
         from inference.methods.nuts import NUTS
@@ -222,7 +231,8 @@ class Learned(Method):
         # The source runs through the same protocol as any method infer runs.
         sub = Request(key=request.key, num_samples=self.source_samples,
                       num_warmup=self.source_warmup, num_chains=self.source_chains,
-                      progress=request.progress, trace=request.trace)
+                      progress=request.progress, trace=request.trace,
+                      init_params=request.init_params)
         samples, stats, tuning, timing = source.run(model, args, kwargs, sub)
         result = Result(samples=dict(samples), stats=stats, method=source, tuning=tuning,
                         timing=timing, model=model, model_args=tuple(args),
@@ -251,6 +261,16 @@ class Learned(Method):
         num_samples, num_warmup, num_chains = (request.num_samples, request.num_warmup,
                                                request.num_chains)
         progress = request.progress
+        runs_source = isinstance(self.flow, str) and _is_method(self.source)
+        if request.init_params is not None and not (
+                runs_source and "init_params" in self.source.options):
+            what = (f"source={type(self.source).__name__}()" if runs_source else
+                    "a fitted flow" if not isinstance(self.flow, str) else
+                    f"source={type(self.source).__name__}")
+            raise TypeError(
+                f"Learned: init_params starts the chains of its source method, and {what} "
+                "has none that take them; drop init_params, or use a source method that "
+                "takes them (e.g. Learned(source=inference.NUTS())).")
         pot = make_potential(model, *args, **kwargs)
         k_src, k_fit, k_run = jax.random.split(request.key, 3)
         timing: dict[str, float] = {}
@@ -281,19 +301,31 @@ class Learned(Method):
         tuning["flow"] = proposal
 
         t2 = time.perf_counter()
-        logdensity = pot.flat_logdensity_fn
-        constrain = jax.vmap(jax.vmap(lambda x: pot.to_constrained(pot.unravel(x))))
+        state = None
         if self.correct is None:
+            logdensity = pot.flat_logdensity_fn
+            constrain = jax.vmap(jax.vmap(lambda x: pot.to_constrained(pot.unravel(x))))
             samples, stats, log_w = _iid(proposal, logdensity, constrain, k_run, num_chains,
                                          num_samples)
         else:
-            samples, stats, log_w = _irmh_chains(proposal, logdensity, constrain, k_run,
-                                                 num_chains, num_warmup, num_samples, progress)
+            # IRMH chains, run in chunks like every MCMC method's (Ctrl-C, extend).
+            out = run_chains(self, model, args, kwargs, key=k_run, num_warmup=num_warmup,
+                             num_samples=num_samples, num_chains=num_chains,
+                             progress=progress, target=IRMHTarget(pot, proposal=proposal))
+            samples, stats, state = out[0], out[1], out.state
+            state.context = proposal
+            log_w = stats["proposal_log_weight"]
         timing["sample"] = time.perf_counter() - t2
         stats, tuning["n_grad"], tuning["source_n_grad"] = _count_gradients(
             stats, tuning.get("source") if _is_method(self.source) else None)
         if log_w is None:  # uncorrected draws of a proposal without a density
             return samples, stats, tuning, timing
+        tuning.update(self._importance(log_w))
+        return ChainOutputs(samples, stats, tuning, timing, state)
+
+    def _importance(self, log_w: Any) -> dict:
+        """Pareto k and log Z of the importance weights ``log_w`` (warned when k > 0.7)."""
+        tuning: dict[str, Any] = {}
         diagnostics = importance_diagnostics(np.asarray(log_w))
         tuning.update(pareto_k=diagnostics["pareto_k"], log_z=diagnostics["log_z"],
                       importance=diagnostics)
@@ -303,8 +335,30 @@ class Learned(Method):
                 f"{diagnostics['pareto_k']:.2f} > 0.7: the flow's tails are lighter than the "
                 "posterior's. " + ("IRMH is still exact but may mix slowly: check the ESS."
                                    if self.correct else "The i.i.d. draws are unreliable; use "
-                                   "correct='irmh'."), stacklevel=4)
-        return samples, stats, tuning, timing
+                                   "correct='irmh'."), stacklevel=user_stacklevel())
+        return tuning
+
+    def extend(self, model: Callable, args: tuple, kwargs: dict, *, state: Any,
+               num_samples: int, key: jax.Array | None = None, progress: bool = True,
+               devices: Any = None) -> Outputs:
+        """``num_samples`` more IRMH draws per chain from the same fitted proposal,
+        continuing the chains in ``state`` (behind ``Result.extend``; ``correct="irmh"``)."""
+        proposal = getattr(state, "context", None)
+        if proposal is None:
+            raise ValueError(
+                "Learned: this Result's chains cannot be continued: their fitted proposal is "
+                "kept in memory only (not in saved files). Run again with "
+                "Learned(flow=result.tuning['flow'], correct='irmh') to draw more with it.")
+        if devices is not None:
+            raise ValueError("Learned does not split its work over devices; leave "
+                             "devices=None.")
+        pot = make_potential(model, *args, **kwargs)
+        out = continue_chains(self, model, tuple(args), dict(kwargs), state=state,
+                              num_samples=num_samples, key=key, progress=progress,
+                              target=IRMHTarget(pot, proposal=proposal))
+        out.state.context = proposal
+        out[2].update(self._importance(out[1]["proposal_log_weight"]))
+        return out
 
 
 def _count_gradients(stats: dict, source_result: Any) -> tuple[dict, float, float]:

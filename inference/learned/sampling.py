@@ -1,13 +1,20 @@
-"""Drawing with a fitted proposal: IRMH chains on it, or its i.i.d. draws, with statistics."""
+"""Drawing with a fitted proposal: IRMH chains on it, or its i.i.d. draws, with statistics.
+
+The IRMH chains run through :func:`inference.chains.run_chains` (progress bar, Ctrl-C
+returning the draws so far, ``result.extend``) with :class:`IRMHTarget` as their target.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from inference import progress as progress_lib
+from inference.chain_target import PotentialTarget
+from inference.chains import Sampler
+from inference.initialization import InitialSearch
 from inference.learned.checks import _NO_DENSITY, _proposal_has_density
 from inference.learned.irmh import IRMHState, irmh
 
@@ -45,48 +52,53 @@ def _iid(proposal, logdensity, constrain, key, num_chains, num_samples):
     return samples, stats, lp - lq
 
 
-def _irmh_chains(proposal, logdensity, constrain, key, num_chains, num_warmup, num_samples,
-                 progress):
+def irmh_sampler(proposal: Any, pot: Any, num_warmup: int, num_samples: int) -> Sampler:
+    """IRMH chains on ``pot`` (a :class:`ppl.Potential`) with independent proposals from the
+    fitted ``proposal``, as an :class:`inference.chains.Sampler`: they start at proposal
+    draws (the positions of the initial-point search are not used) and each step proposes
+    a fresh draw, accepted with probability ``min(1, w(x') / w(x))``, ``w = p / q``."""
     joint = _sample_with_log_q(proposal)
     if joint is None:
         raise ValueError(_NO_DENSITY.format(what=type(proposal).__name__))
+    logdensity = pot.flat_logdensity_fn
     alg = irmh(logdensity, joint, proposal.log_prob, sample_returns_logdensity=True)
-    total = num_warmup + num_samples
-    bar = progress_lib.ProgressBar(total, desc="Learned IRMH", enabled=progress,
-                                   phases=[("warmup", num_warmup), ("sample", num_samples)])
-    step = jax.vmap(alg.step)
 
-    def body(carry, xs):
-        state, draws, stats = carry
-        t, keys = xs
-        state, info = step(keys, state)
-        row = {"lp": state.logdensity, "log_q": state.proposal_logdensity,
-               "acceptance_rate": info.acceptance_rate, "is_accepted": info.is_accepted,
-               "proposal_log_weight": info.log_weight, "n_grad": info.n_grad}
-        slot = jnp.maximum(t - num_warmup, 0)
-        put = lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, slot, 0)  # noqa: E731
-        return (state, put(draws, state.position), jax.tree.map(put, stats, row)), None
+    def init(key, positions):
+        C = jax.tree.leaves(positions)[0].shape[0]
+        x0, lq0 = jax.vmap(joint)(jax.random.split(key, C))
+        return IRMHState(x0, jax.vmap(logdensity)(x0), lq0)
 
-    @jax.jit
-    def run(key):
-        k_init, k_steps = jax.random.split(key)
-        x0, lq0 = jax.vmap(joint)(jax.random.split(k_init, num_chains))
-        state = IRMHState(x0, jax.vmap(logdensity)(x0), lq0)
-        like = lambda dtype: jnp.zeros((num_samples, num_chains), dtype)  # noqa: E731
-        stats = {"lp": like(state.logdensity.dtype), "log_q": like(state.logdensity.dtype),
-                 "acceptance_rate": like(state.logdensity.dtype), "is_accepted": like(bool),
-                 "proposal_log_weight": like(state.logdensity.dtype), "n_grad": like(jnp.int32)}
-        draws = jnp.zeros((num_samples,) + x0.shape, x0.dtype)
-        keys = jax.random.split(k_steps, (total, num_chains))
-        _, draws, stats = progress_lib.scan(
-            body, (state, draws, stats), (jnp.arange(total), keys), total, bar=bar,
-            postfix_fn=lambda c: {"accept": jnp.mean(c[2]["is_accepted"])})
-        swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
-        draws, stats = swap(draws), jax.tree.map(swap, stats)
-        return constrain(draws), stats
+    def step(state, t, key):
+        C = state.logdensity.shape[0]
+        state, info = jax.vmap(alg.step)(jax.random.split(key, C), state)
+        stats = {"lp": state.logdensity, "log_q": state.proposal_logdensity,
+                 "acceptance_rate": info.acceptance_rate, "is_accepted": info.is_accepted,
+                 "proposal_log_weight": info.log_weight, "n_grad": info.n_grad}
+        return state, jax.vmap(pot.unravel)(state.position), stats
 
-    try:
-        samples, stats = jax.block_until_ready(run(key))
-    finally:
-        bar.close()
-    return samples, stats, stats["proposal_log_weight"]
+    return Sampler(init=init, step=step, loop_warmup=int(num_warmup),
+                   num_steps=int(num_warmup) + int(num_samples), tuning=lambda state: {})
+
+
+@dataclasses.dataclass(frozen=True)
+class IRMHTarget(PotentialTarget):
+    """The chain target (:mod:`inference.chain_target`) of Learned's IRMH chains: the
+    model's potential with the fitted ``proposal``, which starts the chains (no search)."""
+
+    proposal: Any = None
+    uses_gradient_start = False
+
+    @property
+    def program_key(self) -> Any:
+        return self.proposal  # baked into the program: a new fit is a new program
+
+    def sampler(self, method: Any, num_warmup: int, num_samples: int) -> tuple[Sampler, Any]:
+        return (irmh_sampler(self.proposal, self.pot, num_warmup, num_samples),
+                self.pot.logdensity_fn)
+
+    def search(self, check, key, num_chains, tries, radius, given, use_given) -> InitialSearch:
+        position = {n: jnp.zeros((num_chains,) + tuple(shape), jnp.result_type(float))
+                    for n, shape in self.sites.items()}
+        zero = jnp.zeros((num_chains,), jnp.result_type(float))
+        return InitialSearch(position, jnp.ones((num_chains,), bool), zero, position,
+                             jnp.zeros((num_chains,), jnp.int32))

@@ -71,7 +71,6 @@ Example:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, NamedTuple
 
@@ -79,16 +78,14 @@ import jax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 
-from inference import progress as progress_lib
-from inference.arguments import CONCRETE_ERRORS, split_arguments, static_part
-from inference.programs.cache import compiling
-from inference.mcmc.gibbs_model import _Model
-from inference.mcmc.gibbs_discrete import DiscreteMH, Enumerate, _DiscreteMH, _Enumerator
-from inference.mcmc.gibbs_tuning import DualAveraging, has_accept, initial_step_size
+from inference.chains import continue_chains, run_chains
 from inference.mcmc.combinators import _acceptance, info_n_grad
-from inference.sharding import constrain_leading, describe, gather, mesh_for
-from inference.method import Method, Outputs, Request
-from ppl.errors import ModelError
+from inference.mcmc.gibbs_chains import GibbsTarget
+from inference.mcmc.gibbs_discrete import DiscreteMH, Enumerate, _DiscreteMH, _Enumerator
+from inference.mcmc.gibbs_model import _Model
+from inference.mcmc.gibbs_tuning import initial_step_size
+from inference.method import OPTIONS, Method, Outputs, Request
+from inference.sharding import mesh_for
 
 __all__ = ["Enumerate", "DiscreteMH", "GibbsState", "GibbsInfo", "gibbs", "Gibbs",
            "initial_position", "constrain"]
@@ -377,7 +374,11 @@ class Gibbs(Method):
     ``blocks`` is the dict of :func:`gibbs`. Chains start at random points (continuous sites
     uniform in ``[-2, 2]`` unconstrained, discrete sites from the prior; the first of
     ``init_tries`` with a finite log density), run ``num_warmup`` sweeps that are discarded,
-    then ``num_samples`` kept sweeps, ``jax.vmap``-ped over chains in one compiled program.
+    then ``num_samples`` kept sweeps, ``jax.vmap``-ped over chains in one compiled program
+    that the host calls in chunks (:mod:`inference.chains`): a progress bar, Ctrl-C returns
+    the draws so far, ``init_params`` (constrained values of every latent site, discrete
+    ones included), ``checkpoint=``/``checkpoint_every=``, and ``result.extend(n)`` (more
+    sweeps at the tuned step sizes, no new warmup) work as for NUTS.
     During warmup, with ``adapt_step_size``, each continuous block whose factory takes a
     ``step_size`` keyword and whose kernel reports an acceptance rate has its step size
     tuned per chain by dual averaging towards ``target_accept_prob`` (0.574, optimal for
@@ -411,6 +412,7 @@ class Gibbs(Method):
     handles_discrete: ClassVar[bool] = True
     #: Its draws are Markov chains: ``Result.diagnose`` checks R-hat and ESS.
     markov_chains: ClassVar[bool] = True
+    options: ClassVar[frozenset] = frozenset(OPTIONS)
 
     def __post_init__(self):
         if not isinstance(self.blocks, dict) or not self.blocks:
@@ -425,137 +427,40 @@ class Gibbs(Method):
             raise ValueError(f"Gibbs(target_accept_prob={t!r}): must be a number in (0, 1), "
                              "e.g. 0.574 for MALA or 0.75 for kinetic kernels.")
 
+    def target(self, model: Callable, args: tuple, kwargs: dict) -> GibbsTarget:
+        """The chains' target (:class:`inference.mcmc.gibbs_chains.GibbsTarget`) on
+        ``model(*args, **kwargs)``: traces the model and checks the blocks, and the
+        enumerated sites' coupling, on the real data."""
+        m = _Model(model, args, kwargs)
+        coupling = {n: dict(c) for n, c in _Sampler(m, self.blocks).coupling()}
+        return GibbsTarget(m, lambda m: _Sampler(m, self.blocks, coupling))
+
     def draw(self, model: Callable, args: tuple, kwargs: dict, request: Request) -> Outputs:
-        """Run the chains: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`.
+        """Run the chains: ``(samples, stats, tuning, timing)`` for :class:`inference.Result`
+        (with the final state, for :meth:`extend`).
 
         ``devices``: the chains split over devices (see :mod:`inference.sharding`).
         """
-        key, num_samples, num_warmup, num_chains = (request.key, request.num_samples,
-                                                    request.num_warmup, request.num_chains)
-        progress = request.progress
-        m = _Model(model, args, kwargs)  # checks the model and blocks on the real data
-        mesh = mesh_for(request.devices, int(num_chains), what="chains", owner="Gibbs")
-        sampler = _Sampler(m, self.blocks)  # checks enumerated sites for coupling
-        coupling = sampler.coupling()
-        W, S, C = int(num_warmup), int(num_samples), int(num_chains)
-        bar = progress_lib.ProgressBar(W + S, desc="Gibbs", enabled=progress,
-                                       phases=[("warmup", W), ("sample", S)])
-        data = (tuple(args), dict(kwargs))
-        try:
-            run = self._program(model, data, split_arguments(data), W, S, C, mesh, progress,
-                                coupling)
-        except CONCRETE_ERRORS:
-            # The model (or a block) needs its data's values in Python, e.g. an enumerated
-            # site whose support size comes from the data: compile with the data baked in.
-            run = self._program(model, data, ([], lambda _: data), W, S, C, mesh, progress,
-                                coupling)
-        compiled, relay, programs, dyn = run
-        t1 = time.perf_counter()
-        relay.target = bar
-        try:
-            samples, stats, steps, found = gather(jax.block_until_ready(compiled(key, dyn)))
-            jax.effects_barrier()  # every progress callback has run before the bar closes
-        finally:
-            relay.target = None
-            bar.close()
-        t2 = time.perf_counter()
-        if not bool(jnp.all(found)):
-            raise ModelError(
-                f"Gibbs: model {m.name}: no finite initial log density in {self.init_tries} "
-                f"random points for chain {int(jnp.argmin(found))} (continuous sites uniform "
-                "in [-2, 2] unconstrained, discrete sites from the prior). Check the model's "
-                "data and parameters, or raise init_tries."
-            )
-        tuning = {"blocks": [list(b.names) for b in sampler.blocks]}
-        if steps:
-            tuning["step_size"] = steps
-        return samples, stats, tuning, {"compile": programs.seconds, "run": t2 - t1,
-                                        "devices": describe(mesh), "cache": programs.cache}
+        r = request
+        target = self.target(model, args, kwargs)
+        mesh = mesh_for(r.devices, int(r.num_chains), what="chains", owner="Gibbs")
+        out = run_chains(self, model, args, kwargs, key=r.key, num_warmup=r.num_warmup,
+                         num_samples=r.num_samples, num_chains=r.num_chains,
+                         progress=r.progress, mesh=mesh, tries=self.init_tries,
+                         init_params=r.init_params, checkpoint=r.checkpoint,
+                         checkpoint_every=r.checkpoint_every, target=target)
+        out[2]["blocks"] = [list(b.names) for b in target.sweep_factory(target.m).blocks]
+        return out
 
-    def _tuned(self, sampler: _Sampler, state: GibbsState, W: int) -> set:
-        """Indices of the continuous blocks whose step size is tuned: the factory takes a
-        ``step_size`` keyword and its kernel's info has an ``acceptance_rate``."""
-        candidates = [i for i, b in enumerate(sampler.blocks)
-                      if b.kind == "continuous" and b.step_size is not None]
-        if not (self.adapt_step_size and W > 0 and candidates):
-            return set()
-        one = jax.tree.map(lambda x: x[0], state)
-        steps = tuple(b.step_size if i in candidates else None
-                      for i, b in enumerate(sampler.blocks))
-        _, info = jax.eval_shape(lambda k, s: sampler.step(k, s, steps), jax.random.key(0), one)
-        return {i for i in candidates if has_accept(info.infos[i])}
-
-    def _program(self, model, data, split, W, S, C, mesh, progress, coupling):
-        """The compiled run of every chain, with the data as an argument (see run);
-        ``coupling``: the enumerated sites' coupling checks, made on the real data."""
-        dyn, rebuild = split
-        T = self.init_tries
-        relay = progress_lib.Relay() if progress else None
-
-        def program(key, dyn):
-            a, kw = rebuild(dyn)
-            m = _Model(model, a, kw)
-            sampler = _Sampler(m, self.blocks, {n: dict(c) for n, c in coupling})
-            with_rate = sampler.has_accept
-
-            def valid(position):
-                cont = {n: v for n, v in position.items() if not m.sites[n].discrete}
-                value, grad = jax.value_and_grad(
-                    lambda c: m.log_joint({**position, **c}))(cont)
-                ok = jnp.isfinite(value)
-                for g in jax.tree.leaves(grad):
-                    ok = ok & jnp.all(jnp.isfinite(g))
-                return ok
-
-            def initial(key):
-                cands = jax.vmap(m.draw_position)(jax.random.split(key, T))
-                ok = jax.vmap(valid)(cands)
-                first = jnp.argmax(ok)
-                return jax.tree.map(lambda x: x[first], cands), jnp.any(ok)
-
-            k_init, k_state, k_run = jax.random.split(key, 3)
-            positions, found = jax.vmap(initial)(jax.random.split(k_init, C))
-            positions = constrain_leading(positions, mesh, C)
-            state = jax.vmap(sampler.init)(positions, jax.random.split(k_state, C))
-            draws = jax.tree.map(lambda x: jnp.zeros((S,) + x.shape, x.dtype), state.position)
-            fdt = state.logdensity.dtype
-            stats = {"lp": jnp.zeros((S, C), fdt), "n_grad": jnp.zeros((S, C), jnp.int32)}
-            if with_rate:
-                stats["acceptance_rate"] = jnp.zeros((S, C), fdt)
-            tuned = self._tuned(sampler, state, W)
-            tuner = DualAveraging(self.target_accept_prob, W, fdt)
-            steps = tuple(None if i not in tuned else jnp.full((C,), b.step_size, fdt)
-                          for i, b in enumerate(sampler.blocks))
-            da = tuner.init(steps)
-
-            def body(carry, xs):
-                state, draws, stats, da, steps = carry
-                t, keys = xs
-                state, info = jax.vmap(sampler.step)(keys, state, steps)
-                da, steps = tuner.update(t, da, steps, info.infos)
-                slot = jnp.maximum(t - W, 0)
-                put = lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, slot, 0)  # noqa: E731
-                new = {"lp": state.logdensity, "n_grad": info.n_grad}
-                if with_rate:
-                    new["acceptance_rate"] = info.acceptance_rate
-                draws = jax.tree.map(put, draws, state.position)
-                stats = jax.tree.map(put, stats, new)
-                return (state, draws, stats, da, steps), None
-
-            keys = jax.random.split(k_run, (W + S, C))
-            state, draws, stats, da, steps = progress_lib.scan(
-                body, (state, draws, stats, da, steps), (jnp.arange(W + S), keys), W + S,
-                bar=relay)
-            swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-            draws, stats = jax.tree.map(swap, draws), jax.tree.map(swap, stats)
-            samples = jax.vmap(jax.vmap(m.constrain))(draws)
-            steps = {"+".join(b.names): h for b, h in zip(sampler.blocks, steps) if h is not None}
-            return constrain_leading((samples, stats, steps), mesh, C) + (found,)
-
-        static = static_part(data) if dyn else ("constants", data)
-        key = jax.random.key(0)
-        with compiling("Gibbs", progress) as programs:
-            compiled, relay = programs.compile(
-                jax.jit(program), (key, dyn), relay=relay or progress_lib.Relay(),
-                key=("gibbs", model, self, static, W, S, C, mesh, progress, coupling))
-        return compiled, relay, programs, dyn
+    def extend(self, model: Callable, args: tuple, kwargs: dict, *, state: Any,
+               num_samples: int, key: jax.Array | None = None, progress: bool = True,
+               devices: Any = None) -> Outputs:
+        """``num_samples`` more sweeps of the chains in ``state`` (a run's final state), at
+        the tuned step sizes, with no new warmup (see :func:`inference.chains.continue_chains`)."""
+        target = self.target(model, args, kwargs)
+        mesh = mesh_for(devices, state.num_chains, what="chains", owner="extend")
+        out = continue_chains(self, model, tuple(args), dict(kwargs), state=state,
+                              num_samples=num_samples, key=key, progress=progress, mesh=mesh,
+                              target=target)
+        out[2]["blocks"] = [list(b.names) for b in target.sweep_factory(target.m).blocks]
+        return out

@@ -50,10 +50,10 @@ from numpyro import handlers
 import ppl
 from inference.vi import guides as guides_lib
 from inference.vi.enumerated import enumerated_log_density, marginal_program
-from inference.vi.fit import _fit
+from inference.vi.fit import fit_within
 from inference.flows import FlowSpec, check_kind
 from inference.methods.nuts import NUTS
-from inference.vi import VI, _bind
+from inference.vi import VI, bind_kwargs
 from inference.method import Method, Outputs, Request
 from ppl.enumeration import enumerated_sites, enumeration_of
 from ppl.tracing import trace_model
@@ -208,7 +208,7 @@ class NeuTra(Method):
             model, *args, **kwargs)
         enumeration = (enumeration_of(model, tuple(args), dict(kwargs), trace)
                        if enumerated_sites(trace) else None)
-        model_k = _bind(model, kwargs)
+        model_k = bind_kwargs(model, kwargs)
         guide = self.make_guide(model_k)
         vi = self._vi()
         # The density the flow is fitted to and the kernel runs on: with the enumerated
@@ -221,7 +221,7 @@ class NeuTra(Method):
 
         t0 = time.perf_counter()
         optimizer = optax.adam(1e-3) if self.optimizer is None else self.optimizer
-        fitted = _fit(objective, params, *args, optimizer=optimizer, steps=self.vi_steps,
+        fitted = fit_within(objective, params, *args, optimizer=optimizer, steps=self.vi_steps,
                       key=fit_key, progress=progress, owner="NeuTra VI", warn_interrupt=False)
         if fitted.interrupted:
             raise KeyboardInterrupt(

@@ -47,7 +47,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from inference import checkpoint as ckpt
 from inference.arguments import positive_int, split_arguments, static_part
-from inference.chains import ChainOutputs, _caller_level, _unflatten
+from inference.chains import ChainOutputs
+from inference.stacklevel import user_stacklevel
 from inference.programs.cache import compiling
 from inference.progress import ProgressBar
 from inference.sharding import (AXIS, constrain_leading, describe, gather, mesh_for, put_leading,
@@ -277,7 +278,7 @@ class _Job:
 
     def restore(self, keys, leaves, impl, where):
         """Chain states from stored leaves (checked against the model and method)."""
-        return self.place(_cooked(_unflatten(self.like_states(keys), leaves, where), impl))
+        return self.place(_cooked(ckpt.unflatten_like(self.like_states(keys), leaves, where), impl))
 
     def chain_state(self, states, key, t, draws, requested) -> ckpt.ChainState:
         leaves, treedef = jax.tree_util.tree_flatten(_raw(gather(states)))
@@ -349,7 +350,7 @@ def run_smc(method: Any, model: Callable, args: tuple, kwargs: dict, *, key: jax
         raise ValueError("SMC: checkpoint_every is given but checkpoint is not: pass "
                          "checkpoint='run.npz' (the file to write) as well.")
     every = 1 if checkpoint_every is None else positive_int("checkpoint_every", checkpoint_every)
-    job = _Job(method, model, args, kwargs, num_chains, devices, trace, _caller_level())
+    job = _Job(method, model, args, kwargs, num_chains, devices, trace, user_stacklevel())
     keys = put_leading(jax.random.split(key, num_chains), job.chain_mesh, num_chains)
     fingerprint = job.fingerprint(key, num_samples) if checkpoint is not None else None
     with compiling("SMC", progress) as programs:
@@ -426,7 +427,7 @@ def run_smc(method: Any, model: Callable, args: tuple, kwargs: dict, *, key: jax
             f"SMC: max_stages={method.max_stages} stages ended before the inverse temperature "
             f"reached 1 (final values {np.round(final, 4).tolist()}); the draws and log "
             "evidence are not the posterior's. Raise max_stages or lower target_ess.",
-            stacklevel=_caller_level(),
+            stacklevel=user_stacklevel(),
         )
     timing = {"compile": programs.seconds, "run": t_end - t_run,
               "devices": describe(job.chain_mesh or job.particle_mesh), "cache": programs.cache}

@@ -5,4 +5,4 @@
 """
 
 from inference.vi.method import *  # noqa: F401,F403
-from inference.vi.method import _averaged, _bind, _draw, _keywords_last, _trace_log_density  # noqa: F401
+from inference.vi.method import _averaged, bind_kwargs, _draw, _keywords_last, _trace_log_density  # noqa: F401

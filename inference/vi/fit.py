@@ -79,7 +79,7 @@ import ppl
 from inference.arguments import as_key, positive_int, split_arguments, static_part
 from inference.progress import ProgressBar
 from inference import checkpoint as ckpt
-from inference.chains import _caller_level, _unflatten
+from inference.stacklevel import user_stacklevel
 from inference.training import (FitResult, NonFiniteError, all_finite, leaf_names,
                                 non_finite_error, optax_step, run_steps)
 from inference.sharding import constrain_leading, mesh_for, put_replicated
@@ -225,12 +225,12 @@ def fit(
         >>> bool(again.params == r.params), again.step
         (True, 100)
     """
-    return _fit(objective, params, *args, optimizer=optimizer, steps=steps, key=key,
+    return fit_within(objective, params, *args, optimizer=optimizer, steps=steps, key=key,
                 batch=batch, progress=progress, updates=updates, data_sharding=data_sharding,
                 checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 
 
-def _fit(objective: ppl.Expectation, params: Any, *args: Any, optimizer: Any = None,
+def fit_within(objective: ppl.Expectation, params: Any, *args: Any, optimizer: Any = None,
          steps: int = 1000, key: Any = None, batch: Any = None,
          progress: bool | ProgressBar = True, updates: int = 20, data_sharding: Any = None,
          checkpoint: Any = None, checkpoint_every: int | None = None, owner: str = "fit",
@@ -342,7 +342,7 @@ def _fit(objective: ppl.Expectation, params: Any, *args: Any, optimizer: Any = N
                     f"{owner}: interrupted (KeyboardInterrupt) after {done} of {total} steps; "
                     f"returning the parameters reached (result.interrupted is True). "
                     f"fit(objective, result, ..., steps={total - done}) finishes the run.",
-                    UserWarning, stacklevel=_caller_level())
+                    UserWarning, stacklevel=user_stacklevel())
         return FitResult(params, values, opt_state=opt_state, step=done, key=key,
                          interrupted=trained.interrupted)
     raise non_finite_error(
@@ -402,7 +402,7 @@ class _Checkpoint:
                 + "). Call again with the same settings to resume it, or delete the file "
                 "(or pass another checkpoint path) to start afresh.")
         leaves = [arrays[f"state{i}"] for i in range(meta["num_state"])]
-        state = _unflatten(like_state, leaves, f"checkpoint {self.path!r}")
+        state = ckpt.unflatten_like(like_state, leaves, f"checkpoint {self.path!r}")
         values = jnp.asarray(arrays["values"], earlier.dtype)
         self.last = int(meta["step"])
         return state, values, int(meta["step"])

@@ -82,15 +82,16 @@ from inference.vi import guides as guides_lib
 from inference.arguments import split_arguments, static_part
 from inference.programs.cache import compiling
 from inference import checkpoint as ckpt
-from inference.chains import ChainOutputs, _caller_level, _unflatten
+from inference.chains import ChainOutputs
+from inference.stacklevel import user_stacklevel
 from inference.vi.enumerated import continuous_sites, marginal_program
-from inference.vi.fit import _fit
+from inference.vi.fit import fit_within
 from inference.method import OPTIONS, Method, Outputs, Request
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from ppl.enumeration import enumerated_sites, enumeration_of
 from ppl.errors import ModelError
-from ppl.tracing import latent_sites, model_name, trace_model
+from ppl.tracing import model_name, trace_model
 
 __all__ = ["VI", "GUIDES", "objective_names"]
 
@@ -116,7 +117,7 @@ def objective_names() -> list[str]:
     return out
 
 
-def _bind(fn: Callable, kwargs: dict) -> Callable:
+def bind_kwargs(fn: Callable, kwargs: dict) -> Callable:
     """``fn`` with the keyword arguments fixed (objectives pass positional arguments only)."""
     if not kwargs:
         return fn
@@ -128,7 +129,7 @@ def _bind(fn: Callable, kwargs: dict) -> Callable:
 def _keywords_last(fn: Callable) -> Callable:
     """``g(*args, kwargs) = fn(*args, **kwargs)``: a model's keyword data as one trailing
     positional argument, since objectives pass positional arguments only. Unlike binding
-    them (:func:`_bind`), this keeps the data an input of the compiled programs, so new
+    them (:func:`bind_kwargs`), this keeps the data an input of the compiled programs, so new
     data of the same shapes reuses them."""
 
     def with_keywords(*args):
@@ -364,7 +365,7 @@ class VI(Method):
 
         t0 = time.perf_counter()
         optimizer = optax.adam(1e-2) if self.optimizer is None else self.optimizer
-        fitted = _fit(objective, params, *args, optimizer=optimizer, steps=self.steps,
+        fitted = fit_within(objective, params, *args, optimizer=optimizer, steps=self.steps,
                       key=fit_key, progress=request.progress, checkpoint=request.checkpoint,
                       checkpoint_every=request.checkpoint_every, owner="VI",
                       warn_interrupt=False)
@@ -375,7 +376,7 @@ class VI(Method):
                 + (" The same infer call resumes the fit from its checkpoint."
                    if request.checkpoint is not None else
                    " Pass init_params=result.tuning['params'] to go on from it."),
-                UserWarning, stacklevel=_caller_level())
+                UserWarning, stacklevel=user_stacklevel())
         t1 = time.perf_counter()
         constrained = ppl.constrain_params((model_k, guide_k), fitted.params, *args)
         n = num_chains * num_samples
@@ -463,7 +464,7 @@ class VI(Method):
         like = (ppl.init_params((setup.model, setup.guide), jax.random.key(0), *setup.args)
                 if state.treedef is None
                 else jax.tree_util.tree_unflatten(state.treedef, state.leaves))
-        params = _unflatten(like, state.leaves, "the saved VI state")
+        params = ckpt.unflatten_like(like, state.leaves, "the saved VI state")
         constrained = ppl.constrain_params((setup.model, setup.guide), params, *setup.args)
         base = state.run_key() if key is None else key
         t0 = time.perf_counter()

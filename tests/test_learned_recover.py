@@ -1,0 +1,97 @@
+"""Learned's IRMH chains run like every MCMC method's: in chunks, Ctrl-C returns the draws so
+far, ``result.extend(n)`` continues them with the same fitted proposal.
+
+The proposal is fitted to fixed draws (an array source, 50 steps of a one-layer flow): the
+fit is deterministic for a key, so two runs with the same key have the same proposal and
+their IRMH chains can be compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import inference
+from inference import chains
+from test_recoverable import StopAt
+
+W, S, C = 10, 20, 2
+Y = jnp.array([0.3, 1.1, 0.7])
+DRAWS = 0.6 + 0.5 * jax.random.normal(jax.random.key(3), (300, 1))
+METHOD = inference.Learned(source=DRAWS, flow="affine_coupling", steps=50,
+                           flow_options={"layers": 1, "width": 4})
+
+
+def model(y=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
+    with numpyro.plate("data", 3):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def run(**options):
+    options = {"method": METHOD, "num_samples": S, "num_warmup": W, "num_chains": C,
+               "key": 0, "progress": False, "diagnostics": False, **options}
+    return inference.infer(model, y=Y, **options)
+
+
+def same_chains(a, b):
+    for name in ("mu",):
+        np.testing.assert_array_equal(np.asarray(a.samples[name]), np.asarray(b.samples[name]))
+    for name in ("lp", "log_q", "is_accepted", "proposal_log_weight"):
+        np.testing.assert_array_equal(np.asarray(a.stats[name]), np.asarray(b.stats[name]))
+
+
+@pytest.fixture(scope="module")
+def base():
+    return run()
+
+
+def test_extend_continues_the_chains_with_the_same_proposal(base):
+    ext = base.extend(S, progress=False, diagnostics=False)
+    assert ext.samples["mu"].shape == (C, 2 * S)
+    # The draws a run S draws longer makes (same key: same fit, same chain keys), and the
+    # importance diagnostics are recomputed over the new draws.
+    same_chains(ext, run(num_samples=2 * S))
+    assert np.isfinite(ext.tuning["pareto_k"])
+
+
+def test_ctrl_c_during_irmh_returns_the_draws_so_far(base, monkeypatch):
+    monkeypatch.setattr(chains, "ProgressBar", StopAt(W + 8, KeyboardInterrupt()))
+    with pytest.warns(UserWarning, match=r"Learned: interrupted \(KeyboardInterrupt\) after 8 of 20"):
+        partial = run()
+    monkeypatch.undo()
+    assert partial.samples["mu"].shape == (C, 8) and partial.state.interrupted
+    same_chains(partial.extend(12, progress=False, diagnostics=False), base)
+
+
+def test_a_loaded_result_says_how_to_draw_more(base, tmp_path):
+    # The fitted proposal is not written to files: extending a loaded Result is refused
+    # with the way to reuse the proposal instead.
+    base.save(tmp_path / "r.npz")
+    loaded = dataclasses.replace(inference.load_result(tmp_path / "r.npz", model, y=Y),
+                                 method=METHOD)
+    with pytest.raises(ValueError, match=r"Learned\(flow=result.tuning\['flow'\]"):
+        loaded.extend(S)
+
+
+def test_init_params_start_the_source_chains_and_are_refused_without_a_source_method():
+    # MALA as the source (fixed step size h = 0.05, no mode search, no warmup), started at
+    # mu = 30 (the posterior is N(~0.6, ~0.55^2)): a MALA step moves mu by h * grad / 2 plus
+    # noise of sd sqrt(h) = 0.22, at most ~h * |grad| = 0.05 * 95 ~ 5 per step from there,
+    # so after 3 draws every chain is still above 10; from the random starting box
+    # ([-2, 2]) it would be within a few units of the posterior.
+    method = inference.Learned(source=inference.MALA(step_size=0.05, find_mode=0), steps=20,
+                               source_samples=3, source_warmup=0, source_chains=2,
+                               flow_options={"layers": 1, "width": 4})
+    with pytest.warns(UserWarning):  # a flow fitted to 6 draws: poor weights, said so
+        r = run(method=method, init_params={"mu": 30.0})
+    source = np.asarray(r.tuning["source"].samples["mu"])
+    assert np.all(source > 10.0), source
+    with pytest.raises(TypeError, match=r"init_params starts the chains of its source method"):
+        run(init_params={"mu": 0.0})  # METHOD's source is an array of draws
