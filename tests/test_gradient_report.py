@@ -204,6 +204,48 @@ def test_report_on_a_library_objective_matches_the_enumerated_gradient():
     assert reinforce.variance > 100 * enum.variance + 1e-3
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_report_variances_match_independent_brute_force_estimates(dtype):
+    # A mixture ELBO with a continuous site beside the discrete one (no closed form for the
+    # variances): each strategy's reported total variance against the sample variance of
+    # n independent estimates drawn apart (jax.vmap over other keys), within 4 standard errors
+    # of their difference (the two SEs added in quadrature).
+    def model(x):
+        c = numpyro.sample("c", dist.Categorical(jnp.array([0.3, 0.7])))
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        numpyro.sample("x", dist.Normal(jnp.array([-2.0, 2.0])[c] + z, 1.0), obs=x)
+
+    def guide(x):
+        numpyro.sample("c", dist.Categorical(logits=numpyro.param("logits", jnp.zeros(2))))
+        numpyro.sample("z", dist.Normal(numpyro.param("m", 0.0), 1.0))
+
+    def build(**s):
+        return ppl.objectives.elbo(model, ppl.strategies(guide, **s))
+
+    n = 2000
+    with x64(dtype):
+        x = jnp.asarray(1.0, dtype)
+        params = {"logits": jnp.array([0.3, -0.1], dtype), "m": jnp.asarray(0.2, dtype)}
+        report = ppl.gradient_report(build, params, x, key=jax.random.key(8), num_estimates=n,
+                                     candidates={"c": ["enum", "mvd"], "z": ["reinforce(mean)"]})
+        keys = jax.random.split(jax.random.key(9), n)
+        seen = set()
+        for site, variants in report.per_site.items():
+            for v in variants:
+                if v.strategies in seen:  # the objective as given, under both sites
+                    continue
+                seen.add(v.strategies)
+                obj = build(**dict(v.strategies))  # the objective this variant measured
+                g = jax.jit(jax.vmap(lambda k, o=obj: o.grad_estimate(k, params, x)[0]))(keys)
+                for row in v.rows:
+                    flat = np.asarray(g[row.group], np.float64).reshape(n, -1)
+                    d = np.sum((flat - flat.mean(0)) ** 2, axis=1)
+                    var, se = d.sum() / (n - 1), d.std(ddof=1) / np.sqrt(n)
+                    assert abs(row.variance - var) < 4 * np.hypot(row.variance_se, se), (
+                        site, row.strategy, row.group, row.variance, var)
+
+
 # ------------------------------------------------------------------- the report's structure
 
 
