@@ -239,8 +239,10 @@ def test_init_params_are_checked_before_running():
         run(init_params={"mu": 0.0, "s": -1.0})
     with pytest.raises(ModelError, match=r"\(chain 1\) is outside the support"):
         run(init_params={"mu": 0.0, "s": jnp.array([1.0, -1.0])})
-    with pytest.raises(TypeError, match="init_params is not taken by NeuTra"):  # VI takes it
-        run(method=inference.NeuTra(vi_steps=10), init_params={"mu": 0.0, "s": 1.0})
+    # A method that takes no init_params says so and why (NeuTra, Gibbs and Learned take them:
+    # tests/test_neutra_recover.py, test_gibbs_recover.py, test_learned_recover.py).
+    with pytest.raises(TypeError, match="init_params is not taken by SMC: SMC starts every"):
+        run(method=inference.SMC(), init_params={"mu": 0.0, "s": 1.0})
 
 
 def test_init_params_map_to_the_unconstrained_start_of_each_chain():

@@ -54,7 +54,9 @@ from inference.vi.fit import fit_within
 from inference.flows import FlowSpec, check_kind
 from inference.methods.nuts import NUTS
 from inference.vi import VI, bind_kwargs
+from inference.chains import ChainOutputs
 from inference.method import Method, Outputs, Request
+from inference.starting_points import constrained_starts
 from ppl.enumeration import enumerated_sites, enumeration_of
 from ppl.tracing import trace_model
 
@@ -166,6 +168,9 @@ class NeuTra(Method):
     #: The flow is fitted to, and the kernel runs on, the density with the enumerated
     #: discrete sites summed out (``infer`` draws them afterwards).
     sums_out_enumerated: ClassVar[bool] = True
+    #: ``init_params``: constrained values of the model's sites, carried to the flow's base
+    #: space (through the fitted flow's inverse) to start the kernel's chains there.
+    options: ClassVar[frozenset] = frozenset({"init_params"})
 
     def __post_init__(self):
         object.__setattr__(self, "flow", check_kind(self.flow, "NeuTra"))
@@ -243,10 +248,53 @@ class NeuTra(Method):
                 return enumerated_log_density(inner, enumeration, a, kw, values)
 
         transported = transported_model(model_k, spec, theta, sites, model_params, log_density)
-        samples, stats, kernel_tuning, kernel_timing = self.kernel.run(
-            transported, tuple(args), {}, request._replace(key=run_key, trace=None))
+        given = (None if request.init_params is None else
+                 {BASE_SITE: base_points(model_k, args, sites, spec, theta, request.init_params,
+                                         request.num_chains)})
+        out = self.kernel.run(transported, tuple(args), {},
+                              request._replace(key=run_key, trace=None, init_params=given))
+        samples, stats, kernel_tuning, kernel_timing = out
         samples = {k: v for k, v in samples.items() if not k.startswith("_neutra")}
         tuning = dict(kernel_tuning or {})
         tuning.update({"vi_objective": fitted.values, "params": constrained})
         timing = {"fit": t1 - t0, **dict(kernel_timing or {})}
-        return samples, stats, tuning, timing
+        state = getattr(out, "state", None)
+        if state is not None:
+            state.context = transported  # extend continues the kernel on it (in memory)
+        return ChainOutputs(samples, stats, tuning, timing, state)
+
+    def extend(self, model: Callable, args: tuple, kwargs: dict, *, state: Any,
+               num_samples: int, key: jax.Array | None = None, progress: bool = True,
+               devices: Any = None) -> Outputs:
+        """``num_samples`` more draws of the kernel's chains in ``state``, in the same fitted
+        flow's base space, with no new warmup (behind ``Result.extend``)."""
+        transported = getattr(state, "context", None)
+        if transported is None:
+            raise ValueError(
+                "NeuTra: this Result's chains cannot be continued: the fitted flow they run "
+                "in is kept in memory only (not in saved files). Run NeuTra again (the same "
+                "key fits the same flow) with more num_samples.")
+        out = self.kernel.extend(transported, tuple(args), {}, state=state,
+                                 num_samples=num_samples, key=key, progress=progress,
+                                 devices=devices)
+        samples, stats, tuning, timing = out
+        samples = {k: v for k, v in samples.items() if not k.startswith("_neutra")}
+        out.state.context = transported
+        return ChainOutputs(samples, stats, tuning, timing, out.state)
+
+
+def base_points(model: Callable, args: tuple, sites: dict, spec: FlowSpec, theta: jax.Array,
+                init_params: Any, num_chains: int) -> jax.Array:
+    """``init_params`` (constrained values of ``sites``, per chain or shared) as points of
+    the flow's base space, ``(num_chains, D)``: each site's value unconstrained, the sites
+    concatenated in order, then the fitted flow inverted. Checked first (names, shapes,
+    support) as for every method."""
+    shapes = {n: tuple(info.transform.forward_shape(info.shape)) for n, info in sites.items()}
+    values = constrained_starts(model, args, {}, shapes, init_params, num_chains)
+
+    def one(v):
+        u = jnp.concatenate([jnp.ravel(info.transform.inv(jnp.asarray(v[n])))
+                             for n, info in sites.items()])
+        return spec.inverse(theta, u)[0]
+
+    return jax.vmap(one)(values)

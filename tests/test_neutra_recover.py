@@ -1,0 +1,66 @@
+"""NeuTra's chains are recoverable like its kernel's: extend, Ctrl-C, init_params.
+
+NeuTra fits a flow by VI, then runs its kernel (NUTS here) in the flow's base space through
+:mod:`inference.chains`. The fit is deterministic for a key, so runs with the same key run
+their kernels in the same space and compare bit for bit.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import inference
+from draws_equal import assert_same_draws
+from inference import chains
+from ppl.errors import ModelError
+from test_recoverable import StopAt
+
+W, S, C = 20, 20, 2
+Y = jnp.array([1.0, 2.0, 3.0, 0.5, 2.2])
+METHOD = inference.NeuTra(vi_steps=30, flow_options={"layers": 1, "width": 4})
+
+
+def model(y=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    s = numpyro.sample("s", dist.HalfNormal(2.0))
+    with numpyro.plate("data", 5):
+        numpyro.sample("y", dist.Normal(mu, s), obs=y)
+
+
+def run(**options):
+    options = {"method": METHOD, "num_samples": S, "num_warmup": W, "num_chains": C,
+               "key": 0, "progress": False, "diagnostics": False, **options}
+    return inference.infer(model, y=Y, **options)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return run()
+
+
+def test_extend_equals_a_longer_run_and_ctrl_c_then_extend_the_whole_run(base, monkeypatch):
+    ext = base.extend(S, progress=False, diagnostics=False)
+    assert set(ext.samples) == {"mu", "s"}  # the base-space site stays hidden
+    assert_same_draws(ext, run(num_samples=2 * S))
+    monkeypatch.setattr(chains, "ProgressBar", StopAt(W + 8, KeyboardInterrupt()))
+    with pytest.warns(UserWarning, match=r"NUTS: interrupted \(KeyboardInterrupt\) after 8 of 20"):
+        partial = run()
+    monkeypatch.undo()
+    assert_same_draws(partial.extend(12, progress=False, diagnostics=False), base)
+
+
+def test_init_params_start_the_kernel_at_those_values():
+    # The values go to the base space through the fitted flow's inverse, and come back
+    # through its forward pass: MALA (step 0.01, no mode search, no warmup) moves mu by at
+    # most a few tenths in 3 steps from 30, far from where a random start could be.
+    kernel = inference.MALA(step_size=0.01, find_mode=0)
+    method = inference.NeuTra(vi_steps=30, kernel=kernel, flow_options={"layers": 1, "width": 4})
+    r = run(method=method, num_warmup=0, num_samples=3, init_params={"mu": 30.0, "s": 1.0})
+    mu = np.asarray(r.samples["mu"])
+    assert np.all(np.abs(mu - 30.0) < 3.0), mu
+    with pytest.raises(ModelError, match=r"init_params\['s'\].*outside the support"):
+        run(init_params={"mu": 0.0, "s": -1.0})
