@@ -53,7 +53,7 @@ from ppl.choice import bind_choice
 from ppl import jax_internals
 from ppl.density import log_density
 from ppl.errors import ModelError
-from ppl.strategy import resolve_strategy
+from ppl.strategy import Reparam, resolve_strategy
 from ppl.tracing import check_arguments, model_name
 
 __all__ = ["Expectation", "expectation", "sim", "density", "ExpectationError"]
@@ -165,6 +165,14 @@ class _Sim(Messenger):
                 "decorated with @ppl.expectation (or under numpyro.handlers.seed)."
             )
         sample_shape = tuple(msg["kwargs"].get("sample_shape", ()) or ())
+        reparam = getattr(fn, "__ppl_reparam__", None)
+        if reparam is not None and isinstance(strategy, Reparam):
+            # The distribution draws noise and pushes it (a flow): the noise is the random
+            # choice, and the push's intermediates score the draw without inverting it.
+            noise, push = reparam()
+            eps = bind_choice(key, noise, name=name, strategy=strategy, sample_shape=sample_shape)
+            msg["value"], msg["intermediates"] = push(eps)
+            return
         msg["value"] = bind_choice(key, fn, name=name, strategy=strategy,
                                    sample_shape=sample_shape)
 
@@ -174,7 +182,9 @@ def sim(program: Callable, *args: Any, **kwargs: Any) -> tuple[dict[str, jax.Arr
 
     Returns ``(values, log_q)``: the choices' values keyed by site name, and the sum of their
     log densities (times any plate subsampling scale). Observed sites are not drawn and do
-    not count in ``log_q``. Call it inside an :func:`expectation`.
+    not count in ``log_q``. Call it inside an :func:`expectation`. A reparameterised site
+    whose distribution has ``__ppl_reparam__`` (a flow, :class:`inference.vi.guides.FlowDistribution`)
+    is drawn as noise pushed forward and scored by that forward pass, never by inverting it.
 
     For an approximate program (:func:`ppl.marginal`, :func:`ppl.normalize`) ``log_q`` is an
     estimate whose exponential is reciprocal-unbiased: ``E[1 / exp(log_q) | values] =
@@ -200,7 +210,10 @@ def sim(program: Callable, *args: Any, **kwargs: Any) -> tuple[dict[str, jax.Arr
         if site["type"] != "sample" or site["is_observed"]:
             continue
         values[name] = site["value"]
-        term = jnp.sum(site["fn"].log_prob(site["value"]))
+        if site.get("intermediates"):  # a draw pushed from noise, scored by its own pass
+            term = jnp.sum(site["fn"].log_prob(site["value"], site["intermediates"]))
+        else:
+            term = jnp.sum(site["fn"].log_prob(site["value"]))
         if site.get("scale") is not None:
             term = site["scale"] * term
         log_q = log_q + term

@@ -276,10 +276,20 @@ class FlowDistribution(dist.Distribution):
     """``T_theta`` pushing ``N(0, I_D)`` forward: a distribution over ``R^D``.
 
     ``sample`` is reparameterised (``x = T(eps)``, ``eps ~ N(0, I)``), so the Reparam
-    strategy applies; ``log_prob`` inverts the flow (``log N(T^{-1}(x)) + log |det J_{T^{-1}}|``),
-    so it is the exact density at any ``x``, as objectives that score given values
-    (RWS wake-q, forward KL) need. Data field: ``theta``; the
-    :class:`inference.flows.FlowSpec` is static.
+    strategy applies. Densities:
+
+    - **its own draws** are scored with the forward pass, ``log N(eps) - log |det dT/deps|``,
+      computed with the draw: in :func:`ppl.sim` through the language's ``__ppl_reparam__``
+      protocol (the random choice is ``eps``; ``x`` and its log density are pushed from it),
+      under NumPyro's handlers through ``sample_with_intermediates`` (``log_prob(x,
+      intermediates)``, as NumPyro's ``TransformedDistribution``), and ``log_prob(x)`` of
+      the very array that ``sample`` returned (same object) reuses it. No inversion, so a
+      spline flow whose float32 inverse is inaccurate still gets the right density of its
+      draws.
+    - **any other value** (``ppl.density`` at given values, RWS wake-q, forward KL, a value
+      from elsewhere) inverts the flow: ``log N(T^{-1}(x)) + log |det J_{T^{-1}}(x)|``.
+
+    Data field: ``theta``; the :class:`inference.flows.FlowSpec` is static.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -288,6 +298,9 @@ class FlowDistribution(dist.Distribution):
         >>> d = FlowDistribution(spec.init(jax.random.key(0)), spec)
         >>> d.sample(jax.random.key(1), (3,)).shape, round(float(d.log_prob(jnp.zeros(2))), 4)
         ((3, 2), -1.8379)
+        >>> x, (log_q, eps) = d.sample_with_intermediates(jax.random.key(1))  # forward-scored
+        >>> bool(jnp.isclose(log_q, d.log_prob(x + 0.0), atol=1e-5))  # x + 0.0: inverted
+        True
     """
 
     arg_constraints: dict = {}
@@ -298,16 +311,48 @@ class FlowDistribution(dist.Distribution):
 
     def __init__(self, theta: jax.Array, spec: Any, *, validate_args: bool | None = None):
         self.theta, self.spec = theta, spec
+        self._own: tuple | None = None  # (x, log_q) of the last draw, matched by identity
         super().__init__(batch_shape=(), event_shape=(spec.dim,), validate_args=validate_args)
 
-    def sample(self, key: jax.Array, sample_shape: tuple = ()) -> jax.Array:
-        eps = jax.random.normal(key, tuple(sample_shape) + (self.spec.dim,),
-                                jnp.result_type(self.theta))
-        flat = eps.reshape((-1, self.spec.dim))
-        x = jax.vmap(lambda e: self.spec.forward(self.theta, e)[0])(flat)
-        return x.reshape(eps.shape)
+    def _noise(self) -> dist.Distribution:
+        """``N(0, I_D)`` in the dtype of the weights: the distribution of ``eps``."""
+        zeros = jnp.zeros((self.spec.dim,), jnp.result_type(self.theta))
+        return dist.Normal(zeros, 1.0).to_event(1)
 
-    def log_prob(self, value: jax.Array) -> jax.Array:
+    def _push(self, eps: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(T(eps), log N(eps) - log |det dT/deps|)`` for noise of shape ``(..., D)``."""
+        flat = eps.reshape((-1, self.spec.dim))
+        x, log_det = jax.vmap(lambda e: self.spec.forward(self.theta, e))(flat)
+        log_q = self._noise().log_prob(flat) - log_det
+        return x.reshape(eps.shape), log_q.reshape(eps.shape[:-1])
+
+    def sample_with_intermediates(self, key: jax.Array, sample_shape: tuple = ()) -> tuple:
+        """``(x, [log q(x), eps])``: a draw, its forward-pass log density and its noise
+        (NumPyro's protocol: :meth:`log_prob` reads them back)."""
+        eps = self._noise().sample(key, tuple(sample_shape))
+        x, log_q = self._push(eps)
+        self._own = (x, log_q)
+        return x, [log_q, eps]
+
+    def sample(self, key: jax.Array, sample_shape: tuple = ()) -> jax.Array:
+        return self.sample_with_intermediates(key, sample_shape)[0]
+
+    def __ppl_reparam__(self) -> tuple[dist.Distribution, Callable]:
+        """For :func:`ppl.sim`: the noise to draw as the random choice, and ``push(eps) ->
+        (x, [log q(x), eps])``, whose intermediates :meth:`log_prob` reads."""
+
+        def push(eps: jax.Array) -> tuple[jax.Array, list]:
+            x, log_q = self._push(eps)
+            return x, [log_q, eps]
+
+        return self._noise(), push
+
+    def log_prob(self, value: jax.Array, intermediates: list | None = None) -> jax.Array:
+        if intermediates:  # a draw of this distribution, scored with its forward pass
+            return intermediates[0]
+        own = getattr(self, "_own", None)  # absent on copies rebuilt from the pytree
+        if own is not None and value is own[0]:
+            return own[1]
         value = jnp.asarray(value)
         flat = value.reshape((-1, self.spec.dim))
         lp = jax.vmap(lambda x: self.spec.log_prob(self.theta, x))(flat)
@@ -368,7 +413,9 @@ def flow(
     as the deterministic value ``biject_to(support)(u_name)`` whose log density is
     ``-log |det J|`` of that map, so ``ppl.sim(guide)`` gives the correct ``log q`` of the
     constrained values and ``ppl.density(guide, values)`` works when ``values`` holds ``u``
-    (as every value drawn from the guide does). Param: ``f"{prefix}.flow"``, the flow's
+    (as every value drawn from the guide does). The guide's own draws are scored with the
+    flow's forward pass (no inversion, see :class:`FlowDistribution`); ``ppl.density`` at
+    given values inverts the flow. Param: ``f"{prefix}.flow"``, the flow's
     weights as one flat vector, initialised so that the flow is the identity (the guide
     starts at ``N(0, I)`` on the unconstrained space).
 
@@ -412,7 +459,9 @@ def flow(
         if dim in specs:
             return specs[dim]
         spec = FlowSpec(kind, dim, **options)
-        if spec.concrete:
+        # Built under jax.jit, a spec holds that trace's values (its permutations, and the
+        # weights' unravel closure, which `concrete` does not see): keep it for that trace only.
+        if spec.concrete and not isinstance(jnp.zeros(()), jax.core.Tracer):
             specs[dim] = spec
         return spec
 
