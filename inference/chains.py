@@ -62,6 +62,7 @@ from inference import checkpoint as ckpt
 from inference.chain_target import PotentialTarget
 from inference.arguments import CONCRETE_ERRORS, positive_int, split_arguments, static_part
 from inference.programs.cache import compiling
+from inference.programs.fingerprint import Unfingerprintable, fingerprint
 from inference.progress import ProgressBar, chunk_sizes
 from inference.sharding import constrain_leading, describe, gather, put_leading
 from inference.stacklevel import user_stacklevel
@@ -477,6 +478,7 @@ class _Job:
                 "num_chains": self.C, "key": ckpt.to_host(jax.random.key_data(key)).tolist(),
                 "tries": tries, "radius": radius, "data": ckpt.data_digest(self.data),
                 "init_params": None if given is None else ckpt.data_digest(given),
+                "model": _model_digest(self.target),
                 "sites": {n: list(s) for n, s in self.target.sites.items()},
                 "x64": bool(jax.config.jax_enable_x64)}
 
@@ -537,6 +539,16 @@ class _Job:
         out.state.draws, out.state.requested = (state.draws + out.state.draws,
                                                 state.draws + n)
         return out
+
+
+def _model_digest(target: Any) -> str | None:
+    """A digest of the model's code and the values it reads (and of what the target bakes
+    into the programs), the same in every process: a checkpoint is not resumed with an
+    edited model (or, for NeuTra, another fitted flow). ``None`` where it cannot be taken."""
+    try:
+        return fingerprint(target.model, target.program_key).stable
+    except Unfingerprintable:
+        return None
 
 
 def _host_zeros(shape: tuple, dtype: Any) -> jax.Array:

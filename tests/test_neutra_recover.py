@@ -64,3 +64,17 @@ def test_init_params_start_the_kernel_at_those_values():
     assert np.all(np.abs(mu - 30.0) < 3.0), mu
     with pytest.raises(ModelError, match=r"init_params\['s'\].*outside the support"):
         run(init_params={"mu": 0.0, "s": -1.0})
+
+
+def test_a_crashed_kernel_run_resumes_from_its_checkpoint(base, tmp_path, monkeypatch):
+    # The rerun fits the same flow (same key) and resumes the kernel from the file; a flow
+    # fitted with other settings is another transported model, refused by the fingerprint.
+    path = tmp_path / "neutra.npz"
+    monkeypatch.setattr(chains, "ProgressBar", StopAt(W + 10, RuntimeError("crash")))
+    with pytest.raises(RuntimeError, match="crash"):
+        run(checkpoint=path, checkpoint_every=5)
+    monkeypatch.undo()
+    other = inference.NeuTra(vi_steps=31, flow_options={"layers": 1, "width": 4})
+    with pytest.raises(ValueError, match="differs in .*model"):
+        run(method=other, checkpoint=path, checkpoint_every=5)
+    assert_same_draws(run(checkpoint=path, checkpoint_every=5), base)

@@ -186,8 +186,8 @@ def test_a_checkpoint_from_another_run_is_refused(base, tmp_path, monkeypatch):
     assert_same(run(checkpoint=path), base)
     with pytest.raises(ValueError, match="checkpoint_every is given but checkpoint is not"):
         run(checkpoint_every=5)
-    with pytest.raises(TypeError, match="checkpoint is not taken by NeuTra"):  # VI takes it
-        run(method=inference.NeuTra(vi_steps=10), checkpoint=path)
+    with pytest.raises(TypeError, match="checkpoint is not taken by Learned"):  # VI takes it
+        run(method=inference.Learned(source=jnp.zeros((10, 2))), checkpoint=path)
 
 
 # -- save and load -------------------------------------------------------------------------
@@ -332,3 +332,25 @@ def test_extend_draws_the_enumerated_discrete_sites_for_the_new_draws():
                                   np.broadcast_to(labels[:, None, :], (C, S, 6)))
     again = r.extend(S, progress=False, diagnostics=False)
     assert_same(again, ext)  # the same key: the same discrete draws
+
+
+def test_a_checkpoint_is_not_resumed_with_an_edited_model(base, tmp_path, monkeypatch):
+    # The file's fingerprint holds a digest of the model's code and the values it reads:
+    # the same model defined again resumes, an edited one is refused by name.
+    path = tmp_path / "run.npz"
+    monkeypatch.setattr(chains, "ProgressBar", StopAt(W + 10, RuntimeError("crash")))
+    with pytest.raises(RuntimeError, match="crash"):
+        run(checkpoint=path, checkpoint_every=5)
+    monkeypatch.undo()
+
+    def edited(y=None):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+        s = numpyro.sample("s", dist.HalfNormal(3.0))  # was HalfNormal(2.0)
+        with numpyro.plate("data", 5):
+            numpyro.sample("y", dist.Normal(mu, s), obs=y)
+
+    options = dict(num_samples=S, num_warmup=W, num_chains=C, key=0, progress=False,
+                   diagnostics=False, checkpoint=path, checkpoint_every=5)
+    with pytest.raises(ValueError, match="differs in model"):
+        inference.infer(edited, y=Y, **options)
+    assert_same(run(checkpoint=path, checkpoint_every=5), base)

@@ -170,7 +170,10 @@ class NeuTra(Method):
     sums_out_enumerated: ClassVar[bool] = True
     #: ``init_params``: constrained values of the model's sites, carried to the flow's base
     #: space (through the fitted flow's inverse) to start the kernel's chains there.
-    options: ClassVar[frozenset] = frozenset({"init_params"})
+    #: ``checkpoint``: the kernel's run is checkpointed; a rerun fits the flow again (the
+    #: same key fits the same flow; a different one is refused: the file holds its digest)
+    #: and resumes the kernel from the file.
+    options: ClassVar[frozenset] = frozenset({"init_params", "checkpoint", "checkpoint_every"})
 
     def __post_init__(self):
         object.__setattr__(self, "flow", check_kind(self.flow, "NeuTra"))
