@@ -286,6 +286,7 @@ class _Lab:
         self.base = objective if self.fixed else _check_objective(
             objective(), "objective() (called with no strategies)")
         self.params, self.args = params, args
+        self.key = key
         self.sites = choice_sites(self.base, key, (params, *args))
         self.keys = jax.random.split(key, int(num_estimates))
         self.groups = _groups(params, by)
@@ -298,11 +299,7 @@ class _Lab:
         """``(stats, cost, compile_s)`` of the objective built with ``strategies``."""
         cache_key = tuple(sorted(strategies.items(), key=lambda kv: kv[0]))
         if cache_key not in self._cache:
-            if strategies:
-                what = ", ".join(f"{s}={strategy_label(c)}" for s, c in cache_key)
-                obj = _check_objective(self.builder(**dict(strategies)), f"objective({what})")
-            else:
-                obj = self.base
+            obj = self._build(dict(strategies)) if strategies else self.base
             dynamic, rebuild = _split_static(self.args)
 
             def one(k, p, dyn):
@@ -322,6 +319,27 @@ class _Lab:
             self._cache[cache_key] = (_stats(grads, self.groups, self.keys.shape[0]), cost,
                                       compile_s)
         return self._cache[cache_key]
+
+    def _build(self, strategies: dict[str, Strategy]) -> Expectation:
+        """The objective built with ``strategies``, checked to draw its sites with them."""
+        what = ", ".join(f"{s}={strategy_label(c)}" for s, c in sorted(strategies.items()))
+        try:
+            obj = self.builder(**strategies)
+        except TypeError as err:
+            raise TypeError(
+                f"gradient_report: calling the objective builder as objective({what}) raised "
+                f"TypeError: {err}. It must take the sites' strategies as keywords, e.g. "
+                "`lambda **s: ppl.objectives.elbo(model, ppl.strategies(guide, **s))`.") from err
+        obj = _check_objective(obj, f"objective({what})")
+        got = choice_sites(obj, self.key, (self.params, *self.args))
+        for site, wanted in strategies.items():
+            have = got.get(site, (None,))[0]
+            if have != wanted:
+                raise ValueError(
+                    f"gradient_report: objective({what}) draws site '{site}' with "
+                    f"{have!r}, not {wanted!r}: the builder must pass its keywords on to "
+                    "ppl.strategies(program, **s) for the program that draws the site.")
+        return obj
 
     def variant(self, strategies: Mapping[str, Strategy], site: str | None,
                 strategy: Strategy | None, current: bool) -> Variant:

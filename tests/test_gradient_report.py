@@ -367,6 +367,16 @@ def test_mistakes_name_the_argument_and_the_way_out():
     with pytest.raises(TypeError, match=r"objective\(\) \(called with no strategies\) must give "
                                         r"a ppl.Expectation .* got float"):
         ppl.gradient_report(lambda **s: 1.0, {"theta": 0.0}, key=jax.random.key(0))
+    with pytest.raises(TypeError, match=r"calling the objective builder as objective\(z=enum\) "
+                                        r"raised TypeError: .* It must take the sites' strategies "
+                                        r"as keywords"):
+        ppl.gradient_report(lambda: coin_build(), {"theta": jnp.asarray(0.0)},
+                            key=jax.random.key(0), num_estimates=4, candidates=["enum"])
+    with pytest.raises(ValueError, match=r"objective\(z=enum\) draws site 'z' with Reinforce\("
+                                         r"baseline=None, num_samples=2\), not Enum\(\): the "
+                                         r"builder must pass its keywords on"):
+        ppl.gradient_report(lambda **s: coin_build(), {"theta": jnp.asarray(0.0)},
+                            key=jax.random.key(0), num_estimates=4, candidates=["enum"])
     with pytest.raises(TypeError, match="key must be a JAX key"):
         ppl.gradient_report(obj, {"mu": 0.0}, key="seed")
     with pytest.raises(ValueError, match=r"names site\(s\) \['y'\] that the objective does not "
