@@ -1,7 +1,7 @@
 """Approximate marginalisation and normalisation of programs (Becker et al., PLDI 2024).
 
 Two program transformations whose densities are not available exactly but can be *estimated*
-by importance sampling with a user-supplied proposal; the results are used wherever a program
+by importance sampling with a proposal (by default the program's own prior); the results are used wherever a program
 is, in :func:`ppl.sim` and :func:`ppl.density`, and the estimates are *strictly properly
 weighted* (Lew et al., "Recursive Monte Carlo and variational inference with auxiliary
 variables", 2022), which is what keeps the variational bounds that use them bounds:
@@ -17,10 +17,15 @@ bound on ``log q(v)`` for ``sim`` and a lower bound for ``density`` (Jensen): an
 guide is a marginal (``log p - log_w`` with ``log_w`` from ``sim``) stays a lower bound
 (HVI, IWHVI), and so does an ELBO whose model is a marginal (``density`` of it).
 
-:func:`marginal` ``(program, keep, proposal, particles=K)``: the marginal of ``program`` on the
-sites in ``keep``; the other latent sites ``z`` are integrated out with the proposal
+:func:`marginal` ``(program, keep, proposal=None, particles=K)``: the marginal of ``program``
+on the sites in ``keep``; the other latent sites ``z`` are integrated out with the proposal
 ``r(z | x)``, a program called as ``proposal(x, *args, **kwargs)`` with ``x`` the dict of kept
-values, that samples exactly the other latent sites. With weights ``w(z) = p(x, z) / r(z | x)``:
+values, that samples exactly the other latent sites. By default (``proposal=None``) ``r`` is
+the program's own prior for them: the program run with the kept sites fixed at ``x``, each
+other latent site drawn from its distribution in the program given the values before it.
+Then ``w`` is the product of the kept sites' densities (times the program's observed sites
+and factors): likelihood weighting, the paper's ``sir(N)``; exact (zero variance) for sites
+drawn after every kept site. With weights ``w(z) = p(x, z) / r(z | x)``:
 
 - ``sim``: draw ``(x, z_1) ~ p`` jointly, ``z_2..z_K ~ r(. | x)``; return ``x`` and
   ``log (1/K) sum_k w(z_k)``. Reciprocal-unbiased for ``p(x)``: the pair is a
@@ -71,12 +76,13 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
+from numpyro.primitives import Messenger
 
 from ppl.errors import ModelError
 from ppl.expectation import density, sim
 from ppl.tracing import model_name
 
-__all__ = ["Marginal", "Normalize", "marginal", "normalize"]
+__all__ = ["Marginal", "Normalize", "marginal", "normalize", "prior_proposal"]
 
 
 def _check_particles(particles: Any, what: str) -> int:
@@ -94,16 +100,66 @@ def _vmap_particles(fn: Callable, n: int):
     return jax.vmap(lambda _: fn())(jnp.arange(n))
 
 
+class _KeptFixed(Messenger):
+    """``program`` as the prior proposal of its non-kept latent sites: the kept sites take the
+    given values, and they, the observed sites and the factors count as observed with log
+    density zero (masked), so ``ppl.sim`` draws exactly the other latent sites and
+    ``ppl.density`` of them is ``log r(z | x)``, the sum of those sites' terms only."""
+
+    def __init__(self, fn: Callable, values: dict):
+        self.values = values
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] != "sample":
+            return
+        if msg["name"] in self.values:
+            msg["value"] = self.values[msg["name"]]
+            msg["is_observed"] = True
+        elif not msg["is_observed"]:
+            return
+        msg["fn"] = msg["fn"].mask(False)
+
+
+def prior_proposal(program: Callable, keep: Sequence[str]) -> Callable:
+    """The default proposal of :func:`marginal`: ``program``'s own prior for its latent sites
+    other than ``keep``, called as ``proposal(x, *args, **kwargs)`` like a hand-written one.
+
+    Example:
+        >>> import jax, numpyro, numpyro.distributions as dist, ppl
+        >>> def joint():
+        ...     u = numpyro.sample("u", dist.Normal(0.0, 1.0))
+        ...     numpyro.sample("x", dist.Normal(u, 1.0))
+        >>> r = prior_proposal(joint, ["x"])
+        >>> round(float(ppl.density(r, {"u": 0.0}, {"x": 5.0})), 4)  # log N(0; 0, 1) only
+        -0.9189
+    """
+    keep = frozenset(keep)
+
+    def prior(values: dict, *args: Any, **kwargs: Any):
+        fixed = {k: v for k, v in values.items() if k in keep}
+        return _KeptFixed(program, fixed)(*args, **kwargs)
+
+    prior.__name__ = prior.__qualname__ = f"prior({model_name(program)})"
+    return prior
+
+
 class Marginal:
     """The marginal of a program on some of its sites; see :func:`marginal`."""
 
-    def __init__(self, program: Callable, keep: Sequence[str], proposal: Callable,
+    def __init__(self, program: Callable, keep: Sequence[str], proposal: Callable | None,
                  particles: int):
         if isinstance(keep, str):
             keep = [keep]
         self.program = program
         self.keep = tuple(keep)
-        self.proposal = proposal
+        if proposal is not None and not callable(proposal):
+            raise TypeError(
+                f"ppl.marginal: proposal must be a program (a callable taking the dict of kept "
+                f"values, then the program's arguments) or None for the program's own prior; "
+                f"got {proposal!r}."
+            )
+        self.proposal = prior_proposal(program, self.keep) if proposal is None else proposal
         self.particles = _check_particles(particles, "ppl.marginal")
         if not self.keep:
             raise ValueError("ppl.marginal: keep must name at least one site.")
@@ -206,17 +262,32 @@ class Normalize:
         )
 
 
-def marginal(program: Callable, keep: Sequence[str], proposal: Callable,
+def marginal(program: Callable, keep: Sequence[str], proposal: Callable | None = None,
              particles: int = 1) -> Marginal:
     """The marginal of ``program`` on the sites ``keep``, other latents integrated out by IS.
 
     ``proposal(x, *args, **kwargs)`` receives the dict ``x`` of kept values and must sample
-    every other latent site of ``program``. In :func:`ppl.sim` the returned log weight is
-    reciprocal-unbiased for ``p(x)`` (one particle from the joint draw, ``particles - 1``
-    from the proposal); in :func:`ppl.density` it is unbiased (``particles`` proposal draws).
-    See the module docstring for the formulas.
+    every other latent site of ``program``. ``proposal=None`` (the default) uses the
+    program's own prior for them (:func:`prior_proposal`: the program with the kept sites
+    fixed at ``x``), so the weights are the kept sites' densities given the draws; a
+    proposal closer to ``p(z | x)`` gives lower-variance estimates. In :func:`ppl.sim` the
+    returned log weight is reciprocal-unbiased for ``p(x)`` (one particle from the joint
+    draw, ``particles - 1`` from the proposal); in :func:`ppl.density` it is unbiased
+    (``particles`` proposal draws). See the module docstring for the formulas.
 
-    Example:
+    Example (a mixture's density, its component summed out by the prior, ``sir(N)``):
+        >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist, ppl
+        >>> def mixture():
+        ...     c = numpyro.sample("c", dist.Bernoulli(0.3))
+        ...     numpyro.sample("x", dist.Normal(jnp.where(c == 1, 2.0, -1.0), 1.0))
+        >>> p_x = ppl.marginal(mixture, keep=["x"], particles=16)
+        >>> @ppl.expectation
+        ... def log_p_at_zero():
+        ...     return ppl.density(p_x, {"x": 0.0})
+        >>> log_p_at_zero.estimate(jax.random.key(0)).shape
+        ()
+
+    With a hand-written proposal:
         >>> import jax, numpyro, numpyro.distributions as dist, ppl
         >>> def guide():
         ...     u = numpyro.sample("u", dist.Normal(0.0, 1.0))
