@@ -146,6 +146,8 @@ def auto_strategies(objective: Callable[..., Expectation], params: Any, *args: A
         if best is not variants[0]:
             changed[site] = best.strategy
         summary.append(_line(site, best, variants[0], unbiased))
+    if not lab.sites:
+        summary.append("the objective draws no random choices: no strategy to choose")
     report = GradientReport(
         lab.variant({}, None, None, True), per_site, num_estimates, lab.dtype,
         note="\n".join(["Sites measured in program order, each with the earlier sites set to "

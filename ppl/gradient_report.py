@@ -89,7 +89,18 @@ class GradientReport:
         self.rows: tuple[GradientRow, ...] = tuple(rows if self.per_site else base.rows)
 
     def for_site(self, site: str) -> tuple[Variant, ...]:
-        """The variants measured for ``site``: its current strategy first, then the others."""
+        """The variants measured for ``site``: its current strategy first, then the others.
+
+        Example:
+            >>> import jax, numpyro, numpyro.distributions as dist, ppl
+            >>> @ppl.expectation
+            ... def mean_x(params):
+            ...     values, _ = ppl.sim(lambda: numpyro.sample("x", dist.Normal(params["m"], 1.0)))
+            ...     return values["x"]
+            >>> r = ppl.gradient_report(mean_x, {"m": 0.0}, key=jax.random.key(0), num_estimates=4)
+            >>> [(v.strategy, v.variance) for v in r.for_site("x")]
+            [(Reparam(), 0.0)]
+        """
         if site not in self.per_site:
             raise KeyError(f"site '{site}' is not a random choice of the objective; its sites "
                            f"are {sorted(self.per_site)}.")
@@ -198,8 +209,9 @@ class GradientReport:
                 if group is not None and not rows:
                     raise KeyError(f"plot(group={group!r}): no such parameter group; groups are "
                                    f"{sorted({r.group for r in v.rows})}.")
-                label = strategy_label(v.strategy) if site is not None else "as given (" + \
-                    ", ".join(f"{s}: {strategy_label(c)}" for s, c in self.sites.items()) + ")"
+                given = ", ".join(f"{s}: {strategy_label(c)}" for s, c in self.sites.items())
+                label = strategy_label(v.strategy) if site is not None else \
+                    "as given" + (f" ({given})" if given else "")
                 unbiased = site is None or v.strategy.unbiased
                 points.append((site, label, unbiased, v.cost, sum(r.variance for r in rows)))
         positive = [p[4] for p in points if p[4] > 0 and math.isfinite(p[4])]

@@ -145,6 +145,24 @@ def test_mixed_guide_gets_enumeration_and_reparameterisation(dtype):
         assert theta_row.variance < 1e-8
 
 
+def test_an_objective_without_random_choices_has_nothing_to_choose():
+    @ppl.expectation
+    def square(params):
+        return params["a"] ** 2
+
+    choice = ppl.auto_strategies(lambda **s: square, {"a": jnp.asarray(1.5)},
+                                 key=jax.random.key(0), num_estimates=4, verbose=False)
+    assert dict(choice) == {} and choice.summary == [
+        "the objective draws no random choices: no strategy to choose"]
+    (row,) = choice.report.rows
+    assert (row.strategy, row.mean, row.variance) == ("as given", 3.0, 0.0)
+    ax = choice.report.plot()
+    assert [t.get_text() for t in ax.texts] == ["as given (exact)"]
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)
+
+
 def test_auto_needs_a_builder():
     with pytest.raises(TypeError, match=r"needs a function that builds the objective .* got "
                                         r"Expectation; pass e.g. `lambda \*\*s:"):
