@@ -380,3 +380,35 @@ def test_example_quick_runs(tmp_path, data):
 
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])
+
+
+def test_ctrl_c_returns_the_model_reached_and_its_history():
+    # coopflow.fit runs in the library's training loop: a Ctrl-C (simulated at the bar's
+    # second report, after the second of 4 chunks) keeps the chunks done, with a warning,
+    # and their steps are those of an uninterrupted run (same keys per step).
+    from inference.progress import ProgressBar
+
+    class StopAtSecond(ProgressBar):
+        def __init__(self):
+            super().__init__(8, enabled=True)
+            self.reports = 0
+
+        def update(self, done, postfix):
+            if int(done) > 0:
+                self.reports += 1
+                if self.reports == 2:
+                    raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    model = coopflow.init(jax.random.key(0), 2, flow_layers=1, flow_width=4, energy_width=4,
+                          energy_depth=1, langevin_steps=3)
+    data = jnp.ones((16, 2))
+    options = dict(steps=8, batch_size=8, updates=4)
+    with pytest.warns(UserWarning, match=r"coopflow: interrupted \(KeyboardInterrupt\) after 4 of 8"):
+        partial, history = coopflow.fit(model, data, jax.random.key(1), progress=StopAtSecond(),
+                                        **options)
+    _, full = coopflow.fit(model, data, jax.random.key(1), **options)
+    assert history.cd.shape == (4,)
+    np.testing.assert_array_equal(np.asarray(history.flow_nll), np.asarray(full.flow_nll[:4]))

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inference.vi.fit import FitResult, NonFiniteError, all_finite
-from inference.progress import ProgressBar, chunk_sizes
+from inference.progress import ProgressBar
+from inference.training import FitResult, NonFiniteError, all_finite, run_steps
 
 from models.coopflow.losses import energy_loss
 from models.coopflow.model import CoopFlow, _check_model, _int, _nonnegative, _points
@@ -180,10 +180,10 @@ def fit(
 ) -> tuple[CoopFlow, Metrics]:
     """Train a :class:`CoopFlow` for ``steps`` iterations of :func:`train_step`.
 
-    One jit-compiled step (compiled once per call) runs ``steps`` times from a host loop, in
-    ~``updates`` chunks; after each chunk the host checks finiteness and moves the progress
-    bar. Step ``i`` uses ``jax.random.fold_in(key, i)``, so the chunking does not change
-    the result.
+    The steps run in the library's one training loop (:func:`inference.training.run_steps`):
+    ~``updates`` compiled chunks, a finiteness check and a progress-bar update after each,
+    Ctrl-C returning the model reached (with a warning). Step ``i`` uses
+    ``jax.random.fold_in(key, i)``, so the chunking does not change the result.
 
     Args:
         model: the initial model (:func:`init`).
@@ -241,65 +241,42 @@ def fit(
         if getattr(probe, "shape", None) != (batch_size, dim):
             raise ValueError(f"coopflow.fit: data(key, {batch_size}) must return shape "
                              f"({batch_size}, {dim}); got {getattr(probe, 'shape', probe)}.")
-        batch_fn = sampler
+        batch_fn, data_arg = (lambda k, b, data: sampler(k, b)), ()
     else:
         arr = _points("fit", "data", data, dim)
         if not bool(jnp.all(jnp.isfinite(arr))):
             raise ValueError("coopflow.fit: data contains non-finite values.")
 
-        def batch_fn(k, b):
-            return arr[jax.random.randint(k, (b,), 0, arr.shape[0])]
+        def batch_fn(k, b, data):
+            return data[jax.random.randint(k, (b,), 0, data.shape[0])]
 
-    n_chunks, chunk = chunk_sizes(steps, updates)
+        data_arg = arr
+
     params, static = eqx.partition(model, eqx.is_array)
 
-    # One compiled step, called from a host loop: an outer lax.scan over steps would double
-    # the XLA compile time (seconds on a CPU) for no gain at these step costs. Dispatch is
-    # asynchronous; the host syncs once per chunk, to check finiteness.
-    @jax.jit
-    def one_step(params, opt_state, bad, i):
+    def step(state, i, key, data, guard):
+        params, opt_state = state
         k_data, k_step = jax.random.split(jax.random.fold_in(key, i))
-        x_data = batch_fn(k_data, batch_size).astype(jnp.float32)
-        new_model, new_state, metrics, status = _step(
+        x_data = batch_fn(k_data, batch_size, data).astype(jnp.float32)
+        new_model, new_opt, metrics, status = _step(
             eqx.combine(params, static), opt_state, k_step, x_data, energy_optimizer,
             flow_optimizer, alpha)
-        ok = (status == 0) & (bad[0] < 0)  # after a bad step nothing more is applied
-        pick = lambda new, old: jax.tree.map(  # noqa: E731
-            lambda a, b: jnp.where(ok, a, b), new, old)
-        params = pick(eqx.filter(new_model, eqx.is_array), params)
-        opt_state = pick(new_state, opt_state)
-        bad = jnp.where((status != 0) & (bad[0] < 0), jnp.stack([i, status]), bad)
-        return params, opt_state, bad, jnp.stack(metrics)
+        ok = jnp.stack([status != code for code in _PARTS]) if guard else None
+        return (eqx.filter(new_model, eqx.is_array), new_opt), metrics, ok
 
-    opt_state = init_opt_state(model, energy_optimizer, flow_optimizer)
-    bad = jnp.array([-1, 0], jnp.int32)
-    bar = progress if isinstance(progress, ProgressBar) else ProgressBar(
-        steps, desc="coopflow", enabled=bool(progress))
-    history: list[np.ndarray] = []
-    bad_step = status = -1
-    try:
-        for c in range(n_chunks):
-            rows = []
-            for i in range(c * chunk, min((c + 1) * chunk, steps)):
-                params, opt_state, bad, row = one_step(params, opt_state, bad, np.int32(i))
-                rows.append(row)
-            if not rows:
-                break
-            history.append(np.asarray(jnp.stack(rows)))
-            bad_step, status = (int(v) for v in np.asarray(bad))
-            if bad_step >= 0:
-                break
-            bar.update(c * chunk + len(rows), {"cd": float(history[-1][:, 0].mean()),
-                                               "flow_nll": float(history[-1][:, 2].mean())})
-    finally:
-        bar.close()
-    model = eqx.combine(params, static)
-    values = np.concatenate(history)
-    if bad_step >= 0:
-        part = _PARTS[status]
-        good = Metrics(*(jnp.asarray(v) for v in values[:bad_step].T))
+    def postfix(history: Metrics) -> dict:
+        return {"cd": float(jnp.mean(history.cd)), "flow_nll": float(jnp.mean(history.flow_nll))}
+
+    state = (params, init_opt_state(model, energy_optimizer, flow_optimizer))
+    trained = run_steps(step, state, steps=steps, key=key, data=data_arg, updates=updates,
+                        progress=progress, label="coopflow", postfix=postfix)
+    history = trained.outputs
+    if trained.stopped is not None:
+        bad = trained.stopped
+        part = _PARTS[1 + int(np.argmin(np.asarray(bad.ok)))]
+        good = jax.tree.map(lambda v: v[:bad.step], history)
         raise CoopFlowNonFiniteError(
-            f"coopflow.fit: step {bad_step} (0-based): {_WHAT[part]}. err.model holds the last "
-            f"finite model (after {bad_step} steps) and err.history its {bad_step} steps.",
-            bad_step, part, model, good)
-    return model, Metrics(*(jnp.asarray(v) for v in values.T))
+            f"coopflow.fit: step {bad.step} (0-based): {_WHAT[part]}. err.model holds the last "
+            f"finite model (after {bad.step} steps) and err.history its {bad.step} steps.",
+            bad.step, part, eqx.combine(bad.state[0], static), good)
+    return eqx.combine(trained.state[0], static), history
