@@ -13,8 +13,10 @@ cannot bend into the funnel: they shrink ``v`` and miss the neck. A hierarchical
     q(v, x) = int q(v, x | u) q(u) du
 
 can (take ``u_1 ~ v / 3`` and let the scale of ``x`` grow with ``u_1``), but its density
-``q(v, x)`` is intractable. ``ppl.objectives.hvi`` and ``ppl.objectives.iwhvi(K)`` estimate
-it with ``ppl.marginal(guide, keep=["v", "x"], proposal=r, particles=K + 1)`` and a learned
+``q(v, x)`` is intractable. ``ppl.objectives.hvi`` and ``ppl.objectives.iwhvi(particles=K + 1)``
+(``IWHVI_K`` in the paper's notation: the guide's own draw and ``K`` reverse draws; the
+objectives count particles in total) estimate it with
+``ppl.marginal(guide, keep=["v", "x"], proposal=r, particles=K + 1)`` and a learned
 reverse model ``r(u | v, x)`` (a small MLP), and stay lower bounds on ``log Z``
 (Sobolev and Vetrov, 2019; Becker et al., PLDI 2024):
 ``HVI = IWHVI_0 <= IWHVI_K <= IWHVI_{K+1} <= ELBO(q) <= log Z``.
@@ -125,9 +127,10 @@ def main(steps: int = 20000, K: int = 8, eval_particles: int = 256, n_eval: int 
     """Fit the guides, print the comparison and the bound ladder; return both as dicts.
 
     ``methods``: which of ``"mean-field"``, ``"full-rank"``, ``"HVI"``, ``"IWHVI"`` to fit
-    (the ladder needs ``"IWHVI"``). ``ladder_particles``: the ``K`` of the IWHVI bounds in the
-    ladder (default ``1, K, 64, eval_particles``); ``diwhvi_particles``: ``(K, M)`` of its
-    DIWHVI bound, or ``None``.
+    (the ladder needs ``"IWHVI"``). ``K``, ``eval_particles``, ``ladder_particles``: reverse
+    draws of the IWHVI bounds (``IWHVI_K``, i.e. ``iwhvi(particles=K + 1)``); the ladder's
+    default ``1, K, 64, eval_particles``. ``diwhvi_particles``: ``(K, M)`` of its DIWHVI bound
+    (``K`` outer particles, ``M`` reverse draws each: ``inner_particles=M + 1``), or ``None``.
 
     Returns ``{"fits": {method: row}, "ladder": {bound: (mean, se)}}``; each row has
     ``objective`` (mean training estimate over the last 10% of steps), ``elbo`` and
@@ -139,10 +142,11 @@ def main(steps: int = 20000, K: int = 8, eval_particles: int = 256, n_eval: int 
     mean_field = inference.guides.normal(funnel, init_loc="zeros", init_scale=1.0)
     full_rank = inference.guides.mvn(funnel, init_loc="zeros", init_scale=1.0)
     hvi = ppl.objectives.hvi(funnel, hierarchical_guide, reverse_model, keep=KEEP)
-    iwhvi = ppl.objectives.iwhvi(funnel, hierarchical_guide, reverse_model, keep=KEEP, K=K)
+    iwhvi = ppl.objectives.iwhvi(funnel, hierarchical_guide, reverse_model, keep=KEEP,
+                                 particles=K + 1)
     # The yardstick for hierarchical guides: IWHVI with many reverse draws (-> ELBO(q)).
     yardstick = ppl.objectives.iwhvi(funnel, hierarchical_guide, reverse_model, keep=KEEP,
-                                     K=eval_particles)
+                                     particles=eval_particles + 1)
     families = {
         # name: (training objective, guide to draw from, initial params, evaluation objective)
         "ELBO, mean-field": (ppl.objectives.elbo(funnel, mean_field), mean_field,
@@ -194,11 +198,12 @@ def main(steps: int = 20000, K: int = 8, eval_particles: int = 256, n_eval: int 
         ladder_objectives = {"HVI": hvi}
         for k in sorted(set(ladder_particles or (1, K, 64, eval_particles))):
             ladder_objectives[f"IWHVI (K={k})"] = ppl.objectives.iwhvi(
-                funnel, hierarchical_guide, reverse_model, keep=KEEP, K=k)
+                funnel, hierarchical_guide, reverse_model, keep=KEEP, particles=k + 1)
         if diwhvi_particles is not None:
             dk, dm = diwhvi_particles
             ladder_objectives[f"DIWHVI (K={dk}, M={dm})"] = ppl.objectives.diwhvi(
-                funnel, hierarchical_guide, reverse_model, keep=KEEP, K=dk, M=dm)
+                funnel, hierarchical_guide, reverse_model, keep=KEEP, K=dk,
+                inner_particles=dm + 1)
         ladder = {name: mean_and_se(obj, params, k_eval, n_eval)
                   for name, obj in ladder_objectives.items()}
         print(f"\nBounds at the IWHVI (K={K}) fit (mean ± se over {n_eval} estimates; "

@@ -216,7 +216,7 @@ def exact_marginal_elbo(m):
 
 def test_hvi_le_iwhvi_le_elbo_of_the_marginal():
     objs = [O.hvi(model, h_guide, reverse, ["z"])] + [
-        O.iwhvi(model, h_guide, reverse, ["z"], K) for K in (1, 8)]
+        O.iwhvi(model, h_guide, reverse, ["z"], particles=K + 1) for K in (1, 8)]
     vals = np.asarray(many(lambda k: jnp.stack([o.estimate(k, H_PARAMS, X) for o in objs])),
                       np.float64)
     bound = float(exact_marginal_elbo(H_PARAMS["m"]))
@@ -254,7 +254,7 @@ def reference_iwhvi_gradient(params, K, n=200_000, seed=2):
 def test_iwhvi_gradient_matches_reference():
     K = 3
     ref, ref_se = reference_iwhvi_gradient(H_PARAMS, K)
-    obj = O.iwhvi(model, h_guide, reverse, ["z"], K)
+    obj = O.iwhvi(model, h_guide, reverse, ["z"], particles=K + 1)  # the reference's K + 1
     g = many(lambda k: obj.grad_estimate(k, H_PARAMS, X)[0])
     z = assert_close(np.stack([np.asarray(g["m"]), np.asarray(g["a"])], -1), ref, ref_se)
     print("iwhvi gradient z =", z)
@@ -262,8 +262,8 @@ def test_iwhvi_gradient_matches_reference():
 
 @pytest.mark.slow
 def test_diwhvi_is_a_bound_between_hvi_and_log_px():
-    objs = [O.iwhvi(model, h_guide, reverse, ["z"], 2),
-            O.diwhvi(model, h_guide, reverse, ["z"], K=4, M=2)]
+    objs = [O.iwhvi(model, h_guide, reverse, ["z"], particles=3),
+            O.diwhvi(model, h_guide, reverse, ["z"], K=4, inner_particles=3)]
     vals = np.asarray(many(lambda k: jnp.stack([o.estimate(k, H_PARAMS, X) for o in objs]),
                            n=2000), np.float64)
     diff, se = mean_se(vals[:, 1] - vals[:, 0])
@@ -328,8 +328,8 @@ def all_objectives():
         "rws_wake_q": (O.rws_wake_q(model, guide, 3), PARAMS),
         "forward_kl": (O.forward_kl(model, guide, 3), PARAMS),
         "hvi": (O.hvi(model, h_guide, reverse, ["z"]), H_PARAMS),
-        "iwhvi": (O.iwhvi(model, h_guide, reverse, ["z"], 2), H_PARAMS),
-        "diwhvi": (O.diwhvi(model, h_guide, reverse, ["z"], 2, 2), H_PARAMS),
+        "iwhvi": (O.iwhvi(model, h_guide, reverse, ["z"], particles=3), H_PARAMS),
+        "diwhvi": (O.diwhvi(model, h_guide, reverse, ["z"], 2, inner_particles=3), H_PARAMS),
     }
 
 
