@@ -262,8 +262,10 @@ def gradient_report(objective: Expectation | Callable[..., Expectation], params:
     ``num_estimates`` gradient estimates (keys split from ``key``, the same for every variant)
     run in one compiled ``jax.lax.map``; ``cost`` is its run time per estimate (the fastest of
     a few runs), compile time and Python dispatch excluded, as in a training loop compiled
-    with ``jax.lax.scan``. ``by="group"`` groups the leaves of ``params`` by top-level key (a dict) and
-    ``by="leaf"`` reports every leaf. Works in float32 and float64 (the params' dtype).
+    with ``jax.lax.scan``. The estimates are kept (``num_estimates`` copies of the gradient in
+    memory: lower it for large networks). ``by="group"`` groups the leaves of ``params`` by
+    top-level key (a dict) and ``by="leaf"`` reports every leaf. Works in float32 and float64
+    (the params' dtype).
 
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist, ppl
