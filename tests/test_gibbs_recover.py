@@ -23,7 +23,7 @@ from draws_equal import assert_same_draws
 from inference import chains
 from inference.mcmc import langevin
 from ppl.errors import ModelError
-from test_recoverable import StopAt
+from test_recoverable import StopAt, infer_with
 
 W, S, C = 20, 20, 2
 Y = jnp.array([1.0, 2.5, 3.0])
@@ -40,9 +40,8 @@ def model(y=None):
 
 
 def run(**options):
-    options = {"method": METHOD, "num_samples": S, "num_warmup": W, "num_chains": C,
-               "key": 0, "progress": False, "diagnostics": False, **options}
-    return inference.infer(model, y=Y, **options)
+    return infer_with(model, {"y": Y}, **{"method": METHOD, "num_warmup": W, "num_samples": S,
+                                          **options})
 
 
 @pytest.fixture(scope="module")

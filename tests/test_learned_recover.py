@@ -19,7 +19,7 @@ import pytest
 
 import inference
 from inference import chains
-from test_recoverable import StopAt
+from test_recoverable import StopAt, infer_with
 
 W, S, C = 10, 20, 2
 Y = jnp.array([0.3, 1.1, 0.7])
@@ -35,9 +35,8 @@ def model(y=None):
 
 
 def run(**options):
-    options = {"method": METHOD, "num_samples": S, "num_warmup": W, "num_chains": C,
-               "key": 0, "progress": False, "diagnostics": False, **options}
-    return inference.infer(model, y=Y, **options)
+    return infer_with(model, {"y": Y}, **{"method": METHOD, "num_warmup": W, "num_samples": S,
+                                          **options})
 
 
 def same_chains(a, b):

@@ -7,34 +7,24 @@ their kernels in the same space and compare bit for bit.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import pytest
 
 import inference
 from draws_equal import assert_same_draws
 from inference import chains
 from ppl.errors import ModelError
-from test_recoverable import StopAt
+from test_recoverable import StopAt, Y, infer_with, model
 
-W, S, C = 20, 20, 2
-Y = jnp.array([1.0, 2.0, 3.0, 0.5, 2.2])
+W, S = 20, 20
+
 METHOD = inference.NeuTra(vi_steps=30, flow_options={"layers": 1, "width": 4})
 
 
-def model(y=None):
-    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
-    s = numpyro.sample("s", dist.HalfNormal(2.0))
-    with numpyro.plate("data", 5):
-        numpyro.sample("y", dist.Normal(mu, s), obs=y)
-
-
 def run(**options):
-    options = {"method": METHOD, "num_samples": S, "num_warmup": W, "num_chains": C,
-               "key": 0, "progress": False, "diagnostics": False, **options}
-    return inference.infer(model, y=Y, **options)
+    # test_recoverable's model (mu, s; five points) with 20 warmup + 20 draws.
+    return infer_with(model, {"y": Y}, **{"method": METHOD, "num_warmup": W, "num_samples": S,
+                                          **options})
 
 
 @pytest.fixture(scope="module")

@@ -33,10 +33,16 @@ def model(y=None):
         numpyro.sample("y", dist.Normal(mu, s), obs=y)
 
 
-def run(**options):
+def infer_with(model, data, **options):
+    """``infer(model, **data)`` with this module's counts, key 0, quiet (other test modules
+    use it for their own models and methods)."""
     options = {"num_samples": S, "num_warmup": W, "num_chains": C, "key": 0,
                "progress": False, "diagnostics": False, **options}
-    return inference.infer(model, y=Y, **options)
+    return inference.infer(model, **data, **options)
+
+
+def run(**options):
+    return infer_with(model, {"y": Y}, **options)
 
 
 @pytest.fixture(scope="module")
