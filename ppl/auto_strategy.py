@@ -1,7 +1,8 @@
 """Choosing gradient strategies automatically, from a short pilot of :func:`ppl.gradient_report`.
 
 :func:`auto_strategies` measures, for each random choice of an objective, every *unbiased*
-strategy that applies to it (one site at a time, the others as they are) and keeps the one
+strategy that applies to it (site by site in program order, the sites before set to their
+choice and those after as built) and keeps the one
 with the lowest ``variance x cost``: total gradient variance over all parameters times
 seconds per estimate, i.e. the variance left after a fixed compute budget (averaging ``n``
 estimates divides the variance by ``n``, and ``n`` estimates cost ``n x cost``). Biased
