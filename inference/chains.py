@@ -357,7 +357,7 @@ class _Job:
         and a Ctrl-C is answered within about that time.
         """
         latest = (carry, t)
-        as_int = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
+        as_int = lambda v: np.asarray(v, np.int32)  # noqa: E731  (no device op: no tiny compile)
         most = chunk_sizes(max(end - t, 1), UPDATES)[1]
         size = min(most, FIRST_CHUNK)
         try:

@@ -162,7 +162,8 @@ class NUTS(ChainMethod):
         def tuning(carry):
             _, w, n_div, n_warm = carry
             return {"step_size": w.step_size, "inverse_mass_matrix": w.inverse_mass_matrix,
-                    "warmup_divergences": n_div[0], "warmup_n_grad": n_warm}
+                    # on the host: indexing a device array compiles a small program
+                    "warmup_divergences": np.asarray(n_div)[0], "warmup_n_grad": n_warm}
 
         def postfix(carry):
             _, w, n_div, _ = carry
