@@ -72,16 +72,27 @@ def forward_reference(theta, eps):
         return jax.tree.map(np.asarray, one(jnp.asarray(np.asarray(eps), jnp.float64)))
 
 
+@functools.lru_cache(maxsize=None)
+def flow_guide(dtype: str):
+    """The guide, one per precision, called once outside any trace (as ``ppl.init_params``
+    does before training) so that it keeps its spec instead of rebuilding it in every trace."""
+    guide = guides.flow(model, **SPEC)
+    with jax.enable_x64(dtype == "float64"):
+        ppl.init_params(guide, jax.random.key(0))
+    return guide
+
+
 def run_in(dtype, fn):
     with jax.enable_x64(dtype == "float64"):
         return jax.tree.map(np.asarray, fn(getattr(jnp, dtype)))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+# float64 in the slow suite: each variant compiles a spline flow three times (~3 s)
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("float64", marks=pytest.mark.slow)])
 def test_own_draws_in_sim_are_scored_by_the_forward_pass(dtype):
     """``ppl.sim(guide)``: its ``log_q`` is the forward pass's density at the draw's noise
     (the site's intermediates, read off the same draw: same key, same choices)."""
-    guide = guides.flow(model, **SPEC)
+    guide = flow_guide(dtype)
 
     def go(dt):
         spec, theta = steep_theta(dt)
@@ -111,7 +122,7 @@ def test_own_draws_in_sim_are_scored_by_the_forward_pass(dtype):
 def test_elbo_of_a_steep_spline_guide_is_finite_and_its_value_forward_scored(dtype):
     """Training's view: ``.value_and_grad_estimate`` of an ELBO with that guide gives finite
     gradients, and its value ``log p(x) - log q(x)`` uses the forward-scored ``log q``."""
-    guide = guides.flow(model, **SPEC)
+    guide = flow_guide(dtype)
 
     @ppl.expectation
     def elbo(params):
@@ -148,7 +159,7 @@ def test_elbo_of_a_steep_spline_guide_is_finite_and_its_value_forward_scored(dty
 def test_own_draws_under_numpyro_handlers_are_scored_by_the_forward_pass(dtype):
     """NumPyro's path (handlers.seed + trace, as VI's draws and the ``log_q`` of a Result):
     ``log_prob`` with the site's intermediates, and of the very array the guide drew."""
-    guide = guides.flow(model, **SPEC)
+    guide = flow_guide(dtype)
 
     def go(dt):
         _, theta = steep_theta(dt)
@@ -176,7 +187,7 @@ def test_external_values_are_scored_by_inverting_the_flow(dtype):
     draw, invert the flow: they equal ``FlowSpec.log_prob`` (the inverse), and the density
     at ``T(eps)``. Milder weights (perturbed by 0.3 N(0, 1)): there the inverse is well
     conditioned in float32 too (measured: within 2e-4 nats of the float64 forward pass)."""
-    guide = guides.flow(model, **SPEC)
+    guide = flow_guide(dtype)
     _, theta32 = steep_theta(jnp.float32, scale=0.3)
     eps = np.asarray(jax.random.normal(jax.random.key(3), (N, 2)))
     ref_u, ref_log_q = forward_reference(theta32, eps)
