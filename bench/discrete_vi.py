@@ -176,12 +176,25 @@ def run_problem(problem: Problem, reps: int, num_estimates: int, seed: int = 0,
     names = [c.name for c in problem.contestants]
     runs: dict[str, list[dict]] = {n: [] for n in names}
     eval_key = jax.random.key(12345)
+    failed: dict[str, str] = {}
+    t_start = time.perf_counter()
     for rep in range(reps):
         order = problem.contestants[rep % len(names):] + problem.contestants[:rep % len(names)]
         for c in order:
-            print(f"[discrete_vi] {problem.name} rep {rep + 1}/{reps}: {c.name}", file=sys.stderr)
-            runs[c.name].append(measure(problem, c, jax.random.key(seed + rep), eval_key,
-                                        num_estimates, with_variance=rep == 0))
+            if c.name in failed:
+                continue
+            print(f"[discrete_vi] {time.perf_counter() - t_start:6.0f}s {problem.name} rep "
+                  f"{rep + 1}/{reps}: {c.name}", file=sys.stderr)
+            try:
+                runs[c.name].append(measure(problem, c, jax.random.key(seed + rep), eval_key,
+                                            num_estimates, with_variance=rep == 0))
+            except Exception as err:  # one contestant's failure is reported, not fatal
+                failed[c.name] = f"{type(err).__name__}: {err}"[:500]
+                print(f"[discrete_vi] {c.name} failed: {failed[c.name]}", file=sys.stderr)
+    names = [n for n in names if n not in failed]
+    if not names:
+        return {"failed": failed, "skipped": dict(problem.skipped),
+                "wall_s": time.perf_counter() - t_start}
 
     by = {c.name: c for c in problem.contestants}
     initial = statistics.median(r["initial_elbo"] for n in names for r in runs[n])
@@ -253,6 +266,8 @@ def run_problem(problem: Problem, reps: int, num_estimates: int, seed: int = 0,
         "speedup_vs_numpyro": speed,
         "step_time_vs_hand": vs_hand,
         "skipped": {n: why for n, why in problem.skipped},
+        "failed": failed,
+        "wall_s": time.perf_counter() - t_start,
         "contestants": rows,
     }
 

@@ -179,12 +179,16 @@ def gradient_variance(grad: Callable[[dict, jax.Array], dict], params: dict, key
     """
     one = jax.jit(grad)
     draws = [one(params, k) for k in jax.random.split(key, num_estimates)]
-    stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x, np.float64) for x in xs]),
-                                     *draws)
     out: dict[str, Any] = {}
     pooled_var, pooled_sig = [], []
-    for group, leaf in sorted(stacked.items()):
-        flat = np.reshape(leaf, (num_estimates, -1))
+    for group in sorted(draws[0]):
+        # a group may be a nested pytree (e.g. a network's arrays): pool its float leaves
+        per_draw = [[np.asarray(x, np.float64).reshape(-1)
+                     for x in jax.tree_util.tree_leaves(d[group])
+                     if jnp.issubdtype(jnp.result_type(x), jnp.floating)] for d in draws]
+        if not per_draw[0]:
+            continue
+        flat = np.stack([np.concatenate(leaves) for leaves in per_draw])
         var = flat.var(axis=0, ddof=1)
         sig = flat.mean(axis=0) ** 2
         pooled_var.append(var)

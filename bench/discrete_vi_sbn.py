@@ -160,4 +160,4 @@ def problem(quick: bool = False) -> Problem:
         ("ours/enum",
          f"ppl.Enum enumerates the joint (B, {hidden}) block: 2^({BATCH}*{hidden}) configurations"),
     )
-    return Problem("sbn", evaluate, contestants, float("nan"), 2.0 if quick else 20.0, skipped)
+    return Problem("sbn", evaluate, contestants, float("nan"), 2.0 if quick else 12.0, skipped)
