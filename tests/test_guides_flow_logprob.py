@@ -37,7 +37,7 @@ def model():
     numpyro.sample("x", dist.Normal(0.0, 10.0).expand([2]).to_event(1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def flow_spec(x64: bool) -> FlowSpec:
     """The spec, built in the given precision as the guide builds its own (so that its
     constants match the guide's)."""
@@ -45,7 +45,7 @@ def flow_spec(x64: bool) -> FlowSpec:
         return FlowSpec(SPEC["kind"], dim=2, layers=SPEC["layers"], width=SPEC["width"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _weights(scale: float) -> np.ndarray:
     with jax.enable_x64(False):  # drawn in float32: the same numbers in either dtype
         theta = flow_spec(False).init(jax.random.key(1))
@@ -72,7 +72,7 @@ def forward_reference(theta, eps):
         return jax.tree.map(np.asarray, one(jnp.asarray(np.asarray(eps), jnp.float64)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def flow_guide(dtype: str):
     """The guide, one per precision, called once outside any trace (as ``ppl.init_params``
     does before training) so that it keeps its spec instead of rebuilding it in every trace."""

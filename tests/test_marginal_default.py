@@ -62,7 +62,7 @@ def test_default_proposal_estimates_a_mixture_density(dtype):
         return jnp.exp(ppl.density(p_x, {"x": x}))
 
     for x in (0.0, 2.5):  # (not 0.5: midway between the means, every weight is p(x))
-        est = many(lambda k: density_at.estimate(k, jnp.asarray(x, dtype)), dtype)
+        est = many(lambda k, x=x: density_at.estimate(k, jnp.asarray(x, dtype)), dtype)
         mean, se = mean_se(est)
         exact = exact_mixture_density(x)
         print(f"x={x}: estimate {mean:.5f} (se {se:.5f}), exact {exact:.5f}")

@@ -24,7 +24,6 @@ import numpyro.distributions as dist
 import pytest
 from scipy.stats import binom
 
-import ppl
 from ppl import objectives as O
 
 S = 0.1
