@@ -48,10 +48,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpyro
 from numpyro.primitives import Messenger
 
+from ppl.choice import bind_choice
 from ppl.errors import ModelError
-from ppl.expectation import density, sim
+from ppl.expectation import density, density_trace, sim
 from ppl.params import no_grad, with_params
 from ppl.strategy import Reparam, resolve_strategy
 from ppl.tracing import model_name
@@ -101,32 +103,93 @@ def check_guide(guide: Callable, what: str) -> None:
         )
 
 
-class _RequireReparam(Messenger):
-    """Raises at the first latent site of the guide whose gradient strategy is not Reparam.
+class _ReparamDraws(Messenger):
+    """Draws the guide's latent sites for :func:`ppl.sim`, refusing any that is not Reparam.
 
-    Outermost around the guide, so it sees the strategy set by ``infer={"grad": ...}`` or by
-    :func:`ppl.strategies` (inner handlers run first)."""
+    Around the guide, inside ``sim``'s handlers: it sees the strategy set by
+    ``infer={"grad": ...}`` or :func:`ppl.strategies` (inner handlers run first), and a site
+    whose distribution pushes noise forward (``__ppl_reparam__``: a flow) is drawn here as
+    ``sim`` would draw it (the noise ``eps`` is the random choice, the value and its log
+    density come from the forward pass), keeping ``eps`` in ``self.noise`` so that the path
+    term can score the value without inverting the flow (:func:`_log_q_at_draw`)."""
 
     def __init__(self, fn: Callable, what: str, program: Callable):
         self.what, self.program = what, program
+        self.noise: dict[str, jax.Array] = {}
         super().__init__(fn)
 
     def process_message(self, msg):
         if msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None:
             return
-        strategy = resolve_strategy(msg["name"], msg["fn"], (msg.get("infer") or {}).get("grad"))
+        name, fn = msg["name"], msg["fn"]
+        strategy = resolve_strategy(name, fn, (msg.get("infer") or {}).get("grad"))
         if not isinstance(strategy, Reparam):
             raise LowVarianceError(
-                f"{self.what}: guide site '{msg['name']}' of {model_name(self.program)} "
-                f"({type(msg['fn']).__name__}) has gradient strategy {strategy!r}, not Reparam; "
+                f"{self.what}: guide site '{name}' of {model_name(self.program)} "
+                f"({type(fn).__name__}) has gradient strategy {strategy!r}, not Reparam; "
                 "this estimator differentiates through reparameterised draws only. Use "
                 "gradient='standard' for this guide, or give the site a reparameterisable "
                 "distribution (or infer={'grad': 'reparam'} where it has one)."
             )
+        reparam = getattr(fn, "__ppl_reparam__", None)
+        if reparam is None:
+            return
+        key = numpyro.prng_key()
+        if key is None:  # not under an objective: leave the site to sim (which says why)
+            return
+        noise, push = reparam()
+        sample_shape = tuple(msg["kwargs"].get("sample_shape", ()) or ())
+        eps = bind_choice(key, noise, name=name, strategy=strategy, sample_shape=sample_shape)
+        msg["value"], msg["intermediates"] = push(eps)
+        self.noise[name] = eps
+
+
+@jax.custom_jvp
+def _implicit_inverse(fn: Any, eps: jax.Array, x: jax.Array) -> jax.Array:
+    """``T^{-1}(x)`` for ``x = T(eps)`` of the pushed distribution ``fn``: ``eps`` itself,
+    with the derivative of the inverse, ``d eps = (dT/deps)^{-1} dx``, from the forward pass
+    (no numerical inversion). Derivatives w.r.t. ``fn`` and ``eps`` are not formed (both are
+    held fixed where it is used)."""
+    return eps
+
+
+@_implicit_inverse.defjvp
+def _implicit_inverse_jvp(primals, tangents):
+    fn, eps, x = primals
+    dx = tangents[2]
+    dim = eps.shape[-1]
+    push = fn.__ppl_reparam__()[1]
+    jac = jax.vmap(jax.jacfwd(lambda e: push(e)[0]))(eps.reshape(-1, dim))
+    deps = jnp.linalg.solve(jac, dx.reshape(-1, dim, 1))[..., 0]
+    return eps, deps.reshape(eps.shape).astype(eps.dtype)
+
+
+def _log_q_at_draw(fn: Any, eps: jax.Array, x: jax.Array) -> jax.Array:
+    """``log q(x)`` of a pushed distribution at its own draw ``x = T(eps)``: the forward
+    pass's value at ``eps``, differentiable in ``x`` through the implicit inverse."""
+    fn, eps = _sg(fn), _sg(eps)
+    return fn.__ppl_reparam__()[1](_implicit_inverse(fn, eps, x))[1][0]
 
 
 def _sg(tree):
     return jax.tree_util.tree_map(jax.lax.stop_gradient, tree)
+
+
+def _guide_log_q_fixed(q_fixed: Callable, z: dict, noise: dict, args: tuple) -> jax.Array:
+    """``log q_{phi'}(z)`` with the guide's parameters held fixed, summed over its latent
+    sites as :func:`ppl.sim` sums them; sites drawn from pushed noise (flows) are scored by
+    their forward pass (:func:`_log_q_at_draw`), the others by ``log_prob``."""
+    trace = density_trace(q_fixed, z, *args)
+    total = jnp.zeros(())
+    for name, site in trace.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        if name in noise:
+            term = jnp.sum(_log_q_at_draw(site["fn"], noise[name], site["value"]))
+        else:
+            term = jnp.sum(site["fn"].log_prob(site["value"]))
+        total = total + (term if site.get("scale") is None else site["scale"] * term)
+    return total
 
 
 def _path_parts(model: Callable, guide: Callable, params: dict, args: tuple, what: str):
@@ -140,9 +203,10 @@ def _path_parts(model: Callable, guide: Callable, params: dict, args: tuple, wha
     Costs one draw from the guide, one more guide density and two model densities."""
     p, q = with_params((model, guide), params)
     p_fixed, q_fixed = with_params((no_grad(model), no_grad(guide)), params)
-    z, log_q = sim(_RequireReparam(q, what, guide), *args)
+    draws = _ReparamDraws(q, what, guide)
+    z, log_q = sim(draws, *args)
     model_log_p = density(p, _sg(z), *args)
-    path_log_w = density(p_fixed, z, *args) - density(q_fixed, z, *args)
+    path_log_w = density(p_fixed, z, *args) - _guide_log_q_fixed(q_fixed, z, draws.noise, args)
     return model_log_p - log_q, path_log_w, model_log_p
 
 
