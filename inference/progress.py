@@ -1,22 +1,15 @@
-"""A ``lax.scan`` that reports to a progress bar a few times per run, never every step.
+"""Progress bars for long runs, moved from the host between compiled chunks.
 
 Calling the host every step serialises the device against Python (NumPyro's SVI bar once
-cost 7x the run time that way). Here the loop is split into ~``updates`` chunks: an inner
-``scan`` runs a chunk on the device, then one ``jax.debug.callback`` moves the bar.
-The whole loop stays one compiled program.
-
-The callbacks are unordered: JAX refuses ordered callbacks in a program that spans several
-devices (chains sharded by :mod:`inference.sharding`), so the bar only ever moves forward
-(a late report of an earlier count is dropped) and the caller runs
-``jax.effects_barrier()`` before closing it.
+cost 7x the run time that way). Every long run here (chains, SMC stages, training) is cut
+into ~``updates`` compiled chunks (:func:`chunk_sizes`), and the host moves a
+:class:`ProgressBar` between them; no program carries host callbacks.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -72,39 +65,6 @@ class ProgressBar:
             self._bar = None
 
 
-class Relay:
-    """A progress sink compiled into a program, pointed at each run's own bar or function.
-
-    A program whose host callbacks report progress is kept and reused across calls
-    (:mod:`inference.programs.cache`), so the callback cannot close over one call's bar; it
-    calls a relay instead, and each run sets ``relay.target`` (a :class:`ProgressBar`, or
-    any callable) for its duration. One run at a time per cached program.
-
-    Example:
-        >>> relay, seen = Relay(), []
-        >>> relay(1)                          # no target: ignored
-        >>> relay.target = seen.append
-        >>> relay(2); relay.target = None
-        >>> seen
-        [2]
-    """
-
-    enabled = True
-
-    def __init__(self) -> None:
-        self.target: Any = None
-
-    def __call__(self, *args: Any) -> None:
-        target = self.target
-        if target is not None:
-            target(*args)
-
-    def update(self, done: Any, postfix: dict[str, Any]) -> None:
-        target = self.target
-        if target is not None:
-            target.update(done, postfix)
-
-
 def _fmt(value: Any) -> str:
     value = np.asarray(value)
     if value.dtype.kind in "iub":
@@ -125,60 +85,3 @@ def chunk_sizes(length: int, updates: int) -> tuple[int, int]:
             return n, length // n
     chunk = -(-length // updates)
     return -(-length // chunk), chunk
-
-
-def scan(
-    body: Callable[[Any, Any], tuple[Any, None]],
-    carry: Any,
-    xs: Any,
-    length: int,
-    *,
-    bar: ProgressBar | None = None,
-    postfix_fn: Callable[[Any], dict[str, jax.Array]] | None = None,
-    updates: int = 20,
-) -> Any:
-    """``jax.lax.scan(body, carry, xs, length)[0]`` that moves ``bar`` about ``updates`` times.
-
-    ``body`` returns ``(carry, None)``: results are collected in the carry (so the loop
-    body is compiled once, whatever the chunking). ``postfix_fn(carry)`` gives scalars
-    shown beside the bar. With ``bar=None`` this is exactly ``lax.scan``.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> float(scan(lambda c, x: (c + x, None), 0.0, jnp.arange(5.0), 5))
-        10.0
-    """
-    if bar is None or not bar.enabled or length == 0:
-        return jax.lax.scan(body, carry, xs, length=length)[0]
-
-    def report(carry, done):
-        extra = postfix_fn(carry) if postfix_fn is not None else {}
-        jax.debug.callback(bar.update, done, extra)
-
-    n_chunks, chunk = chunk_sizes(length, updates)
-    padded = n_chunks * chunk
-    if padded > length:
-        # Pad the inputs to whole chunks; padded steps leave the carry untouched. The guard
-        # is a lax.cond per step, so it is only used when no chunking divides the length.
-        xs = jax.tree.map(
-            lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - length, axis=0)]), xs
-        )
-
-        def step(c, inp):
-            i, x = inp
-            return jax.lax.cond(i < length, lambda c: body(c, x)[0], lambda c: c, c), None
-    else:
-
-        def step(c, inp):
-            return body(c, inp[1])[0], None
-
-    xs = jax.tree.map(lambda x: x.reshape((n_chunks, chunk) + x.shape[1:]), xs)
-
-    def outer(c, inp):
-        i, x = inp
-        c = jax.lax.scan(step, c, (i * chunk + jnp.arange(chunk), x))[0]
-        report(c, jnp.minimum((i + 1) * chunk, length))
-        return c, None
-
-    report(carry, jnp.asarray(0))
-    return jax.lax.scan(outer, carry, (jnp.arange(n_chunks), xs))[0]

@@ -319,17 +319,13 @@ class Compiling:
         self._hits = _DiskHits()
 
     def compile(self, jitted: Any, args: tuple, *, key: tuple | None,
-                key_args: Any = None, relay: Any = None) -> Any:
+                key_args: Any = None) -> Any:
         """The compiled ``jitted`` for ``args``.
 
         ``key``: what decides the program besides the shapes of ``key_args`` (default
         ``args``), e.g. the model, the method and the static data; ``None``: do not cache.
         ``args`` may be a function returning them (arrays or ``jax.ShapeDtypeStruct``),
         called only when the program is really compiled; ``key_args`` is then required.
-        ``relay``: a :class:`inference.progress.Relay` the program's host callbacks report
-        to; then ``(compiled, relay)`` is returned, the relay being the one the program was
-        compiled with (a cached program keeps its own), for the caller to point at its bar.
-        Such a program (host callbacks) is kept in memory only.
 
         Looked up in :data:`PROGRAMS`, then in :mod:`inference.programs.store` (no tracing),
         else traced, lowered and compiled (through JAX's persistent cache) and stored.
@@ -342,9 +338,7 @@ class Compiling:
                 entry = PROGRAMS.get(digest)
                 if entry is not None:
                     self._sources.append("memory")
-                    return entry if relay is not None else entry[0]
-        if relay is not None:  # host callbacks point into this process
-            stable = None
+                    return entry
         if self._status is None:
             self._status = _CompileStatus(self.label, self.progress).__enter__()
             monitoring.register_event_listener(self._hits)
@@ -357,9 +351,9 @@ class Compiling:
             program, source = self._compile(jitted, args, digest, stable)
         self.seconds += time.perf_counter() - t0
         if digest is not None:
-            PROGRAMS.put(digest, (program, relay), identities)
+            PROGRAMS.put(digest, program, identities)
         self._sources.append(source)
-        return (program, relay) if relay is not None else program
+        return program
 
     def _compile(self, jitted: Any, args: tuple, digest: str | None,
                  stable: str | None) -> tuple[Any, str]:

@@ -33,7 +33,8 @@ Warning:
 
 Example:
     >>> import jax, jax.numpy as jnp
-    >>> compiled = jax.jit(lambda x: x + 1).lower(jnp.ones(2)).compile()
+    >>> with disk_cache.bypassed():  # a fresh compile (one read back from JAX's cache cannot be stored)
+    ...     compiled = jax.jit(lambda x: x + 1).lower(jnp.ones(2)).compile()
     >>> stored = save("0" * 40, compiled)  # False when the disk cache is off
     >>> again = load("0" * 40)
     >>> again is None or again(jnp.ones(2)).tolist() == [2.0, 2.0]
