@@ -100,7 +100,7 @@ def bounds(guide: Callable, params: dict, K: int, *, n: int = 4000, seed: int = 
     out = {}
     for name, objective in (("iwae", ppl.objectives.iwae(ring, guide, K)),
                             ("elbo", ppl.objectives.elbo(ring, guide))):
-        values = jax.jit(jax.vmap(lambda k: objective.estimate(k, params, z)))(keys)
+        values = jax.jit(jax.vmap(lambda k, o=objective: o.estimate(k, params, z)))(keys)
         values = np.asarray(values, np.float64)
         out[name] = float(values.mean())
         out[name + "_se"] = float(values.std(ddof=1) / math.sqrt(n))

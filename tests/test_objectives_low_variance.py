@@ -66,7 +66,7 @@ def exact_elbo(p, x=X):
             + 0.5 * math.log(2 * math.pi) + 0.5 + log_s)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def quadrature_iwae_grad(K, nodes=24):
     """d/d(m, log_s, mu) of IWAE_K = E_eps[log mean_k w(m + s eps_k)] at ``params``, by
     Gauss-Hermite quadrature in float64 (hand-written, independent of ppl)."""

@@ -22,10 +22,16 @@ IWAE). A param site that the model and the guide share gets the sum of both.
 
 What they need: every latent site of the guide reparameterised (gradient strategy
 :class:`ppl.strategy.Reparam`, the default for Normal, flows, Gamma, ...), and a guide whose
-density can be evaluated at its own draws with ``ppl.density`` (plain NumPyro programs; not
-``ppl.marginal`` / ``ppl.normalize``). A site with another strategy is an
-:class:`LowVarianceError` naming it. The guide is evaluated once more per particle
-(``log q_{phi'}(z)`` with its parameters held fixed) and, for DReG, the model twice.
+density can be evaluated at its own draws (plain NumPyro programs; not ``ppl.marginal`` /
+``ppl.normalize``). A site with another strategy is an :class:`LowVarianceError` naming it.
+
+Cost: per particle, the guide's density once more (``log q_{phi'}(z)``, parameters held
+fixed) and the model's twice (along the path, and at the draw held fixed for the model's
+parameters). A site whose distribution pushes noise forward (``__ppl_reparam__``: the flows
+of ``inference.guides.flow``) is scored at its own draw ``x = T(eps)`` by the forward pass at
+``eps``, with the derivative of ``T^{-1}`` taken from the Jacobian ``dT/deps`` (``D``
+forward-mode passes and a ``D x D`` solve per draw, in the backward pass only), so the flow is
+never inverted numerically (a spline's inverse can be inaccurate in float32).
 
 Example (at the exact posterior the STL gradient is zero for every draw):
     >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist, ppl
@@ -60,7 +66,7 @@ from ppl.tracing import model_name
 
 from ppl.objectives.particles import log_mean_exp, particles
 
-__all__ = ["LowVarianceError", "GRADIENTS", "check_gradient", "stl_elbo", "dreg_iwae"]
+__all__ = ["GRADIENTS", "LowVarianceError", "check_gradient", "dreg_iwae", "stl_elbo"]
 
 #: The gradient estimators each bound offers (``gradient=`` of :func:`ppl.objectives.elbo`
 #: and :func:`ppl.objectives.iwae`).
@@ -155,7 +161,7 @@ def _implicit_inverse(fn: Any, eps: jax.Array, x: jax.Array) -> jax.Array:
 
 @_implicit_inverse.defjvp
 def _implicit_inverse_jvp(primals, tangents):
-    fn, eps, x = primals
+    fn, eps, _ = primals
     dx = tangents[2]
     dim = eps.shape[-1]
     push = fn.__ppl_reparam__()[1]
