@@ -25,7 +25,8 @@ Per contestant (one process, contestants in rotating order per repetition):
   parameters, on a fixed minibatch: per top-level parameter group, the mean over its
   coordinates of the per-coordinate variance (and the signal ``mean_sq_norm``, SNR).
 * ``seconds_to_target``: the training seconds at the first evaluation at or above the target
-  ELBO (``null`` if never within the budget).
+  ELBO (``null`` if never within the budget); ``steps_to_target`` the optimizer steps there
+  (median over the repetitions that reached it), which separates variance from step cost.
 
 The target ELBO (unless the problem fixes one): ``initial + 0.95 (best - initial)`` where
 ``best`` is the highest ELBO at the budget among NumPyro's contestants (median over
@@ -150,11 +151,12 @@ def measure(problem: Problem, c: Contestant, key: jax.Array, eval_key: jax.Array
     return out
 
 
-def seconds_to(curve: list, target: float) -> float | None:
-    """Training seconds at the first evaluation at or above ``target`` (``None`` if never)."""
-    for s, _, e in curve:
-        if e >= target:
-            return s
+def seconds_to(curve: list, target: float, column: int = 0) -> float | None:
+    """Training seconds (``column=1``: steps) at the first evaluation at or above ``target``
+    (``None`` if never)."""
+    for row in curve:
+        if row[2] >= target:
+            return row[column]
     return None
 
 
@@ -188,7 +190,7 @@ def run_problem(problem: Problem, reps: int, num_estimates: int, seed: int = 0,
             try:
                 runs[c.name].append(measure(problem, c, jax.random.key(seed + rep), eval_key,
                                             num_estimates, with_variance=rep == 0))
-            except Exception as err:  # one contestant's failure is reported, not fatal
+            except Exception as err:  # noqa: BLE001  (a failure is reported, not fatal)
                 failed[c.name] = f"{type(err).__name__}: {err}"[:500]
                 print(f"[discrete_vi] {c.name} failed: {failed[c.name]}", file=sys.stderr)
     names = [n for n in names if n not in failed]
@@ -228,6 +230,8 @@ def run_problem(problem: Problem, reps: int, num_estimates: int, seed: int = 0,
             "elbo_at_budget": final[n],
             "seconds_to_target": median_or_none(ttt) if all(t is not None for t in ttt) else None,
             "reached_target": sum(t is not None for t in ttt),
+            "steps_to_target": median_or_none([seconds_to(r["curve"], target, 1)
+                                               for r in reps_n]),
             "seconds_to_target_all": (median_or_none(tta) if all(t is not None for t in tta)
                                       else None),
             "grad_variance": reps_n[0].get("grad_variance"),

@@ -1,7 +1,7 @@
 """A discrete VAE (sigmoid belief network) on binarized 8x8 digits.
 
-    python examples/discrete_vae.py                          # ~2-4 minutes on 2 CPU cores
-    python examples/discrete_vae.py --strategy mvd --steps 2000
+    python examples/discrete_vae.py                          # ~1-2 minutes on 2 CPU cores
+    python examples/discrete_vae.py --strategy mvd --steps 1000
     python examples/discrete_vae.py --quick --out /tmp/sbn   # a few seconds of training
 
 The model (``models/discrete_vi/sbn.py``): 32 Bernoulli latent units per image, a linear
@@ -87,7 +87,7 @@ def plot(path: str, params: dict, x_test: np.ndarray, key: jax.Array, n: int = 1
     plt.close(fig)
 
 
-def main(steps: int = 6000, strategy: str = "vimco", out: str | None = None,
+def main(steps: int = 30000, strategy: str = "vimco", out: str | None = None,
          hidden: int = 32, rounds: int = 6, learning_rate: float = 3e-3, seed: int = 0,
          quick: bool = False) -> dict[str, float]:
     """Train, print progress, save the plot; returns ``{"train_elbo", "test_elbo", "seconds"}``
@@ -131,7 +131,7 @@ def main(steps: int = 6000, strategy: str = "vimco", out: str | None = None,
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=30000)
     parser.add_argument("--strategy", default="vimco", choices=STRATEGIES)
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--out", default=None, help="output directory (default: a temp dir)")
