@@ -16,9 +16,30 @@ and keys; for each seed and estimator the script prints the gap between the exac
 evidence and the fitted guide's IWAE_K bound (and its ELBO), each estimated from many
 independent estimates (the bound is a mean; its standard error is printed).
 
+Measured (float32, the defaults below: IWAE_64, 4000 steps of a 4-layer spline flow, Adam
+3e-4 with a cosine decay, gradient norm clipped at 30), the gap ``log p(z) - IWAE_64`` of the
+fitted guide in nats (standard errors 0.007-0.03):
+
+====  ========  =====
+seed  standard  DReG
+====  ========  =====
+0     0.62      0.093
+1     0.60      0.090
+2     0.26      0.101
+====  ========  =====
+
+DReG reaches the issue's target (within about 0.1 nats of the evidence, on every seed); the
+standard gradient, from the same start with the same keys and settings, stops 0.3-0.6 nats
+short. The settings matter: with Adam 1e-3 clipped at 100 (2000 steps) the gaps were
+0.49 / 0.35 / 0.44 (DReG) and 1.16 / 1.05 / 0.90 (standard), and without clipping (Adam 3e-3,
+IWAE_16) DReG's training diverged on seed 0 where the standard one did not, though the two
+agree in the mean (``tests/test_objectives_low_variance.py``). The ELBO of every fitted flow
+stays 150-450 nats below the evidence: the flow keeps some mass off the ring, where the
+likelihood (scale 0.15 in ``r^2``) is tiny, which IWAE tolerates.
+
 Run (a few minutes on a laptop CPU)::
 
-    python examples/thin_ring.py --seeds 0 1 2 --steps 2000 --K 64
+    python examples/thin_ring.py --seeds 0 1 2 --steps 4000 --K 64
 """
 
 from __future__ import annotations
@@ -108,7 +129,7 @@ def bounds(guide: Callable, params: dict, K: int, *, n: int = 4000, seed: int = 
 
 
 def main(seeds: Sequence[int] = (0, 1, 2), gradients: Sequence[str] = ("standard", "dreg"),
-         K: int = 64, steps: int = 2000, lr: float = 1e-3, clip: float = 100.0,
+         K: int = 64, steps: int = 4000, lr: float = 3e-4, clip: float = 30.0,
          layers: int = 4, width: int = 32, knots: int = 8, n_eval: int = 4000) -> list[dict]:
     """Train one flow per seed and gradient; print and return the gaps to the exact evidence.
 
@@ -139,9 +160,9 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--gradients", nargs="+", default=["standard", "dreg"])
     parser.add_argument("--K", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--clip", type=float, default=100.0)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--clip", type=float, default=30.0)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--knots", type=int, default=8)

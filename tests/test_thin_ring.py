@@ -47,15 +47,15 @@ def test_log_evidence_by_2d_quadrature_of_the_models_own_density():
 
 
 @pytest.mark.slow
-def test_dreg_trains_a_flow_guide_close_to_the_evidence_on_three_seeds():
-    # IWAE_64 with DReG, 1000 steps of a 4-layer spline flow per seed (~15 s each after the
-    # first compile). Measured gaps log p(z) - IWAE_64: 0.59, 0.59, 0.63 (+-0.04); the
-    # standard gradient after 2000 steps stopped at 1.16, 1.05, 0.90 (examples/thin_ring.py).
-    # The 0.1-nat target is not reached (see the example's docstring); this pins what
-    # DReG reaches, with a margin of ~5 standard errors of the gap estimate.
-    rows = ex.main(seeds=(0, 1, 2), gradients=("dreg",), K=64, steps=1000, n_eval=1000)
+def test_dreg_trains_a_flow_guide_within_about_a_tenth_of_a_nat_on_three_seeds():
+    # The example's defaults (IWAE_64 with DReG, 4000 steps of a 4-layer spline flow, Adam 3e-4
+    # clipped at norm 30), DReG only: ~25 s of compilation, then ~15 s per seed. Measured
+    # gaps log p(z) - IWAE_64: 0.093, 0.090, 0.101, each +-0.008 (standard error of the mean
+    # of 1000-4000 estimates); the standard gradient, same settings: 0.62, 0.60, 0.26. The
+    # bound 0.15 leaves ~6 standard errors above the largest; a bound cannot exceed log p(z),
+    # so a gap below -4 standard errors would be a bug.
+    rows = ex.main(seeds=(0, 1, 2), gradients=("dreg",), n_eval=1000)
     assert len(rows) == 3
     for row in rows:
         assert math.isfinite(row["gap"]) and math.isfinite(row["elbo_gap"])
-        assert row["gap"] > -4 * row["gap_se"]  # a lower bound: IWAE_K <= log p(z)
-        assert row["gap"] < 0.8, row
+        assert -4 * row["gap_se"] < row["gap"] < 0.15, row

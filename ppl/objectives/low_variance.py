@@ -166,8 +166,38 @@ def _implicit_inverse_jvp(primals, tangents):
     dim = eps.shape[-1]
     push = fn.__ppl_reparam__()[1]
     jac = jax.vmap(jax.jacfwd(lambda e: push(e)[0]))(eps.reshape(-1, dim))
-    deps = jnp.linalg.solve(jac, dx.reshape(-1, dim, 1))[..., 0]
+    deps = _solve(jac, dx.reshape(-1, dim))
     return eps, deps.reshape(eps.shape).astype(eps.dtype)
+
+
+def _solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a^{-1} b`` for ``a`` of shape ``(..., D, D)``, ``b`` of shape ``(..., D)``: Gauss-Jordan
+    elimination with partial pivoting, unrolled over the static ``D``.
+
+    Plain XLA operations, no LAPACK call: an executable calling LAPACK (``jnp.linalg.solve``
+    on the CPU) crashes when it is serialized and loaded in another process, as
+    ``inference``'s program store does with the training programs.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> _solve(jnp.array([[0.0, 2.0], [1.0, 1.0]]), jnp.array([2.0, 3.0])).tolist()
+        [2.0, 1.0]
+    """
+    # The row operations are applied to ``a`` and, separately, to ``b``: the result stays
+    # linear in ``b`` (a tangent inside a jvp rule), so JAX can transpose it.
+    dim = a.shape[-1]
+    rows = jnp.arange(dim)
+    for k in range(dim):
+        p = k + jnp.argmax(jnp.abs(a[..., k:, k]), axis=-1)  # the pivot's row
+        swap = jnp.where(rows == k, p[..., None], jnp.where(rows == p[..., None], k, rows))
+        a = jnp.take_along_axis(a, swap[..., None], axis=-2)
+        b = jnp.take_along_axis(b, swap, axis=-1)
+        pivot = a[..., k, k]
+        a_row, b_k = a[..., k:k + 1, :] / pivot[..., None, None], b[..., k] / pivot
+        column = jnp.where(rows == k, 0.0, a[..., :, k])  # what row k is subtracted with
+        a = jnp.where((rows == k)[:, None], a_row, a - column[..., :, None] * a_row)
+        b = jnp.where(rows == k, b_k[..., None], b - column * b_k[..., None])
+    return b
 
 
 def _log_q_at_draw(fn: Any, eps: jax.Array, x: jax.Array) -> jax.Array:
