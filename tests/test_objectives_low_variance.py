@@ -138,24 +138,29 @@ def test_dreg_is_unbiased_for_the_iwae_gradient_by_quadrature(dtype):
         assert abs(mean - exact[name]) < 4 * se, (name, mean, exact[name], se)
 
 
-@pytest.mark.slow
-def test_dreg_matches_many_standard_estimates_and_has_lower_variance_at_k16(dtype):
+def test_dreg_guide_gradient_variance_is_far_lower_at_k16(dtype):
     p = params(dtype)
-    dreg = many_grads(O.iwae(model, guide, 16, gradient="dreg"), p)
-    standard = many_grads(O.iwae(model, guide, 16), p)
-    reference = many_grads(O.iwae(model, guide, 16), p, n=200_000, seed=1)
-    for name in ("m", "log_s", "mu"):
-        mean, se = mean_se(dreg[name])
-        ref, ref_se = mean_se(reference[name])
-        assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (name, mean, ref)
+    dreg = many_grads(O.iwae(model, guide, 16, gradient="dreg"), p, n=2000)
+    standard = many_grads(O.iwae(model, guide, 16), p, n=2000)
     for name in GUIDE_PARAMS:
-        # Sample variances of N = 4000 draws: relative standard error sqrt((kappa - 1) / N),
-        # under 0.12 even for a kurtosis kappa of 50, so a true ratio of ~500 (measured) can
+        # Sample variances of N = 2000 draws: relative standard error sqrt((kappa - 1) / N),
+        # under 0.16 even for a kurtosis kappa of 50, so a true ratio of ~500 (measured) can
         # not come out below 10 by chance.
         assert dreg[name].var() * 10 < standard[name].var(), (
             name, dreg[name].var(), standard[name].var())
     # the model parameter's gradient is the standard one: same draws, same numbers
     np.testing.assert_allclose(dreg["mu"], standard["mu"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_dreg_matches_many_standard_estimates_at_k16(dtype):
+    p = params(dtype)
+    dreg = many_grads(O.iwae(model, guide, 16, gradient="dreg"), p)
+    reference = many_grads(O.iwae(model, guide, 16), p, n=200_000, seed=1)
+    for name in ("m", "log_s", "mu"):
+        mean, se = mean_se(dreg[name])
+        ref, ref_se = mean_se(reference[name])
+        assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (name, mean, ref)
 
 
 def test_the_values_are_the_standard_estimates(dtype):
