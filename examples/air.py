@@ -1,6 +1,6 @@
 """Attend-infer-repeat at CPU scale: count and place 0-3 digits on 20x20 canvases.
 
-    python examples/air.py                           # ~3 minutes on 2 CPU cores
+    python examples/air.py                           # ~2 minutes on 2 CPU cores
     python examples/air.py --strategy enum           # the count summed out exactly
     python examples/air.py --quick                   # a few steps (tests)
 
@@ -21,6 +21,12 @@ Each step is Adam on a minibatch of 32 canvases, the ELBO of each canvas estimat
 out exactly, the where/what noise averaged over 8 draws) and the count accuracy (the
 guide's most probable count against the true one), and saves held-out canvases with the
 inferred boxes, and their reconstructions, as a PNG in ``--out``.
+
+Measured (default settings, 6000 steps in ~100 s on the shared 2-core machine): held-out
+ELBO from -160.6 to ~121-123 nats per canvas, count accuracy 0.70; canvases with 0, 1 and 2
+digits are counted right (57/57, 68/71, 52/55), those with 3 (often overlapping heavily on
+the 20x20 canvas) are all read as 2: a local optimum that the other estimators of the count
+(``enum``, NumPyro's ``TraceEnum_ELBO``) reach as well within this budget.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -31,6 +32,7 @@ DTYPES = ["float32", "float64"]
 DTYPES_SLOW64 = ["float32", pytest.param("float64", marks=pytest.mark.slow)]
 
 
+@functools.cache
 def _setup(dtype: str, n: int = 4, hidden: int = air.HIDDEN, decoder_hidden: int = 64):
     enc, dec = air.make_networks(jax.random.key(0), hidden, decoder_hidden)
     x = jnp.asarray(air.make_data(n, seed=3).canvases, dtype)
@@ -64,7 +66,8 @@ def test_model_and_guide_trace_with_the_right_shapes(dtype):
         assert mean.shape == (4, 400) and mean.dtype == jnp.dtype(dtype)
         assert log_lik.shape == (4,)  # one likelihood term per canvas (event: the 400 pixels)
         assert jnp.isfinite(lp) and lp.dtype == jnp.dtype(dtype)
-        assert sorted(ppl.init_params((model, guide), jax.random.key(0), x)) == sorted(params)
+        init = jax.jit(lambda x: ppl.init_params((model, guide), jax.random.key(0), x))(x)
+        assert sorted(init) == sorted(params)
 
 
 @pytest.mark.parametrize("dtype", DTYPES_SLOW64)
@@ -145,9 +148,7 @@ def test_enumerated_elbo_equals_the_brute_force_sum_over_counts(dtype):
     with jax.enable_x64(dtype == "float64"):
         enc, dec, params, x = _setup(dtype, n=1)
         model, guide = air.make_air(enc, dec)
-        key = jax.random.key(11)
         enum = ppl.objectives.elbo(model, ppl.strategies(guide, count=ppl.Enum()))
-        value, (grads, _) = enum.value_and_grad_estimate(key, params, x)
 
         def model_n(x, onehot):
             model(x)
@@ -161,36 +162,43 @@ def test_enumerated_elbo_equals_the_brute_force_sum_over_counts(dtype):
         def fixed_count(params, x, onehot):
             return fixed(params, x, onehot)
 
-        onehots = jnp.eye(4, dtype=x.dtype)
-        g, (g_grads, _, _) = jax.vmap(
-            lambda oh: fixed_count.value_and_grad_estimate(key, params, x, oh))(onehots)
-        q = air.count_probs(params, x, enc)[0]
-        brute_value = jnp.sum(q * (g - jnp.log(q)))
+        @jax.jit  # everything in one compiled program
+        def compute(params, x, key):
+            value, (grads, _) = enum.value_and_grad_estimate(key, params, x)
+            onehots = jnp.eye(4, dtype=x.dtype)
+            g, (g_grads, _, _) = jax.vmap(
+                lambda oh: fixed_count.value_and_grad_estimate(key, params, x, oh))(onehots)
+            q = air.count_probs(params, x, enc)[0]
+            brute_value = jnp.sum(q * (g - jnp.log(q)))
 
-        def h(prm):  # d/dθ sum_n q_n (g_n - log q_n), g_n held fixed; the d g_n part below
-            qq = air.count_probs(prm, x, enc)[0]
-            return jnp.sum(qq * (jax.lax.stop_gradient(g) - jnp.log(qq)))
+            def h(prm):  # d/dθ sum_n q_n (g_n - log q_n), g_n held fixed; the d g_n part below
+                qq = air.count_probs(prm, x, enc)[0]
+                return jnp.sum(qq * (jax.lax.stop_gradient(g) - jnp.log(qq)))
 
-        brute_grads = jax.tree.map(lambda a, b: a + jnp.tensordot(q, b, 1), jax.grad(h)(params),
-                                   g_grads)
+            brute_grads = jax.tree.map(lambda a, b: a + jnp.tensordot(q, b, 1),
+                                       jax.grad(h)(params), g_grads)
+            # the hand-written enumeration with the same noise: the noise of the where/what
+            # sites is read from the count-0 draw (all slots unused: their values are the
+            # standard-normal noise itself)
+            values0 = _draws(fixed_count, key, params, x, onehots[0])
+            eps_w = jnp.stack([values0[f"where_{i}"] for i in range(air.SLOTS)], -2)
+            eps_h = jnp.stack([values0[f"what_{i}"] for i in range(air.SLOTS)], -2)
+            hand = air.exact_count_elbo(params, x, eps_w, eps_h, enc, dec)[0]
+            return value, grads, brute_value, brute_grads, hand
+
+        value, grads, brute_value, brute_grads, hand = compute(params, x, jax.random.key(11))
         tol = {"float64": 1e-9, "float32": 2e-4}[dtype]
         assert value.dtype == jnp.dtype(dtype)
         np.testing.assert_allclose(value, brute_value, rtol=tol)
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(brute_grads)):
             scale = float(jnp.max(jnp.abs(b))) + 1e-12
             np.testing.assert_allclose(a / scale, b / scale, atol=10 * tol)
-        # ... and the hand-written enumeration with the same noise gives the same value: the
-        # noise of the where/what sites is recovered from the count-0 draw (all slots unused,
-        # so their values are the standard-normal noise itself).
-        values0 = _draws(fixed_count, key, params, x, onehots[0])
-        eps_w = jnp.stack([values0[f"where_{i}"] for i in range(air.SLOTS)], -2)
-        eps_h = jnp.stack([values0[f"what_{i}"] for i in range(air.SLOTS)], -2)
-        hand = air.exact_count_elbo(params, x, eps_w, eps_h, enc, dec)
-        np.testing.assert_allclose(hand[0], value, rtol=tol)
+        np.testing.assert_allclose(hand, value, rtol=tol)
 
 
 def _draws(objective, key, params, x, onehot) -> dict:
-    """The guide's draws inside ``objective`` at ``key`` (read from the traced program)."""
+    """The guide's draws inside ``objective`` at ``key`` (read from the traced program; call
+    it inside ``jax.jit``)."""
 
     class Grab(Messenger):
         def __init__(self, out):
@@ -201,13 +209,10 @@ def _draws(objective, key, params, x, onehot) -> dict:
             if msg["type"] == "sample" and not msg["is_observed"]:
                 self.out[msg["name"]] = msg["value"]
 
-    def run(key, params, x, onehot):
-        out = {}
-        with Grab(out):
-            objective.estimate(key, params, x, onehot)
-        return out
-
-    return jax.jit(run)(key, params, x, onehot)
+    out = {}
+    with Grab(out):
+        objective.estimate(key, params, x, onehot)
+    return out
 
 
 # The difference D_k = g_strategy(k) - g_enum(k) of two gradient estimates with the same key k
@@ -269,12 +274,11 @@ def test_the_paired_check_detects_a_biased_estimator():
     assert np.max(np.abs(mean) / se) > 8
 
 
+@pytest.mark.slow  # ~5 s: data, networks and the evaluator's compile
 def test_problem_builds_and_evaluates():
-    from bench.discrete_vi_air import problem
-
-    p = problem(quick=True)
+    p = _quick_problem()
     names = [c.name for c in p.contestants]
-    assert len(set(names)) == len(names)
+    assert names == AIR_CONTESTANTS  # the slow test below runs each of them
     assert {c.library for c in p.contestants} == {"ours", "numpyro", "hand"}
     ours = {c.strategy for c in p.contestants if c.library == "ours"}
     hand = {c.strategy for c in p.contestants if c.library == "hand"}
@@ -285,30 +289,41 @@ def test_problem_builds_and_evaluates():
     assert p.budget_s > 0
 
 
-@pytest.mark.slow
-def test_every_contestant_steps_once_and_stays_finite():
+AIR_CONTESTANTS = [
+    "ours/reinforce", "ours/reinforce+mean", "ours/enum", "ours/mvd", "ours/vimco",
+    "hand/reinforce", "hand/reinforce+mean", "hand/enum",
+    "numpyro/TraceGraph_ELBO", "numpyro/TraceEnum_ELBO",
+]
+
+
+@functools.cache
+def _quick_problem():
     from bench.discrete_vi_air import problem
 
-    p = problem(quick=True)
-    ref = None
-    for c in p.contestants:
-        state = c.init()
-        params0 = c.params(state)
-        if ref is None:
-            ref = params0
-        # same initial parameters, same layout
-        assert jax.tree.structure(params0) == jax.tree.structure(ref), c.name
-        for a, b in zip(jax.tree.leaves(params0), jax.tree.leaves(ref)):
-            np.testing.assert_array_equal(a, b)
-        state = jax.jit(c.step)(state, jax.random.key(1))
-        params1 = c.params(state)
-        assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(params1)), c.name
-        assert any(bool(jnp.any(a != b)) for a, b in
-                   zip(jax.tree.leaves(params1), jax.tree.leaves(ref))), c.name
-        g = jax.jit(c.grad)(params0, jax.random.key(2))
-        assert jax.tree.structure(g) == jax.tree.structure(ref), c.name
-        assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g)), c.name
-        assert math.isfinite(p.evaluate(params1, jax.random.key(0))), c.name
+    return problem(quick=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", AIR_CONTESTANTS)
+def test_every_contestant_steps_once_and_stays_finite(name):
+    p = _quick_problem()
+    (c,) = [c for c in p.contestants if c.name == name]
+    ref = p.contestants[0].params(p.contestants[0].init())
+    state = c.init()
+    params0 = c.params(state)
+    # same initial parameters, same layout
+    assert jax.tree.structure(params0) == jax.tree.structure(ref)
+    for a, b in zip(jax.tree.leaves(params0), jax.tree.leaves(ref)):
+        np.testing.assert_array_equal(a, b)
+    state = jax.jit(c.step)(state, jax.random.key(1))
+    params1 = c.params(state)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(params1))
+    assert any(bool(jnp.any(a != b)) for a, b in
+               zip(jax.tree.leaves(params1), jax.tree.leaves(ref)))
+    g = jax.jit(c.grad)(params0, jax.random.key(2))
+    assert jax.tree.structure(g) == jax.tree.structure(ref)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g))
+    assert math.isfinite(p.evaluate(params1, jax.random.key(0)))
 
 
 @pytest.mark.slow
