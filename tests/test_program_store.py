@@ -193,6 +193,40 @@ def test_programs_with_host_callbacks_are_not_stored(store):
     assert not list(store.iterdir())
 
 
+def test_programs_with_custom_calls_are_not_stored(store):
+    # LAPACK (jnp.linalg) is a custom call on the CPU: a new process that loads such a program
+    # before tracing any linear algebra crashes when it runs it (see the next test).
+    program_store.save("13" * 20, jax.jit(jnp.linalg.inv).lower(jnp.eye(3)).compile())
+    assert not list(store.iterdir())
+
+
+DENSE = """
+    import json
+    import numpy as np, numpyro, numpyro.distributions as dist
+    import inference
+
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+        s = numpyro.sample("s", dist.HalfNormal(2.0))
+        with numpyro.plate("data", y.shape[0]):
+            numpyro.sample("y", dist.Normal(mu, s), obs=y)
+
+    r = inference.infer(model, np.array([1.0, 2.0, 0.5]), method=inference.NUTS(dense_mass=True),
+                        key=3, num_warmup=50, num_samples=50, num_chains=2, progress=False)
+    print(json.dumps({"draws": np.asarray(r.samples["mu"]).tolist()}))
+"""
+
+
+@pytest.mark.slow  # slow suite: two fresh processes
+def test_a_dense_mass_nuts_program_runs_again_in_a_new_process(tmp_path):
+    # NUTS's dense mass matrix takes Cholesky factors (LAPACK custom calls): when its program
+    # was stored, the second process died of a segmentation fault loading it.
+    cache = str(tmp_path / "cache")
+    first = _python(DENSE, cache)
+    second = _python(DENSE, cache)
+    assert second["draws"] == first["draws"]
+
+
 def test_the_store_keeps_the_newest_entries_within_its_bound(store, monkeypatch):
     program = _double()
     names = ["01" * 20, "02" * 20, "03" * 20]

@@ -110,7 +110,21 @@ def _path(folder: str, digest: str) -> str:
 def storable(compiled: Any) -> bool:
     """False for programs a new process could not run as stored: host callbacks (pointers
     into this process), effects, objects kept alive for the executable, mutable arrays,
-    constants passed beside the executable."""
+    constants passed beside the executable, and custom calls.
+
+    Custom calls (on the CPU: LAPACK, behind ``jnp.linalg``, Cholesky and triangular solves,
+    NUTS's dense mass matrix) name handlers that a process registers when it first traces
+    such an operation. A new process that loads the stored program before tracing one
+    crashes when it runs it (a segmentation fault: measured with ``NUTS(dense_mass=True)``
+    on eight schools, and with ``jnp.linalg.solve`` through
+    ``jax.experimental.serialize_executable`` alone). JAX's own persistent cache still keeps
+    these programs (it traces first).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> storable(jax.jit(jnp.linalg.inv).lower(jnp.eye(2)).compile())
+        False
+    """
     unloaded = getattr(getattr(compiled, "_executable", None), "_unloaded_executable", None)
     if unloaded is None:
         return False
@@ -119,7 +133,13 @@ def storable(compiled: Any) -> bool:
             return False
     if getattr(getattr(compiled, "_params", None), "const_args", None):
         return False
-    return getattr(unloaded, "mut", None) is None
+    if getattr(unloaded, "mut", None) is not None:
+        return False
+    try:
+        text = compiled.as_text()
+    except Exception:  # noqa: BLE001 -- no text: cannot check, do not store
+        return False
+    return text is not None and "custom_call_target=" not in text
 
 
 def _marker(folder: str, digest: str) -> str:
