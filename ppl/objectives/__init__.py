@@ -19,8 +19,9 @@ the value and ``.grad_estimate(key, params, *args)`` of its gradient.
 ``rws_wake_q``     ``E[sum_k wbar_k log q(z_k)]``, self-normalised weights (guide update)
 ``forward_kl``     ``E_{z ~ SIR_K}[log q(z)]``: ``-KL(p(z|x) || q)`` up to a constant
 ``hvi``            ELBO with a hierarchical guide ``q(z) = int q(z, u) du`` (marginal, 1)
-``iwhvi``          the same with ``K`` reverse-proposal samples (tighter)
-``diwhvi``         IWAE over ``K`` draws of a hierarchical guide, ``M`` inner samples each
+``iwhvi``          the same with ``particles`` weights in all (the guide's draw and
+                   ``particles - 1`` reverse-proposal samples; tighter)
+``diwhvi``         IWAE over ``K`` draws of a hierarchical guide, ``inner_particles`` each
 =================  =====================================================================
 
 Lower-variance guide gradients (``low_variance``): ``elbo(..., gradient="stl")`` and
