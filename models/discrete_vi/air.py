@@ -438,7 +438,8 @@ def log_weight(params: dict, x: jax.Array, count: jax.Array, eps_where: jax.Arra
         >>> enc, dec = make_networks(jax.random.key(0))
         >>> p, x = init_params(enc, dec), jnp.zeros((5, 400))
         >>> eps_where, eps_what = jnp.zeros((3, 3)), jnp.zeros((3, 4))
-        >>> log_weight(p, x, jnp.zeros(5, int), eps_where, eps_what, enc, dec).shape
+        >>> lw = eqx.filter_jit(log_weight)  # one compile instead of many eager operations
+        >>> lw(p, x, jnp.zeros(5, int), eps_where, eps_what, enc, dec).shape
         (5,)
     """
     enc, dec = networks(params, encoder, decoder)
@@ -505,7 +506,8 @@ def exact_count_elbo(params: dict, x: jax.Array, eps_where: jax.Array, eps_what:
     Example:
         >>> enc, dec = make_networks(jax.random.key(0))
         >>> p, x = init_params(enc, dec), jnp.zeros((5, 400))
-        >>> exact_count_elbo(p, x, jnp.zeros((3, 3)), jnp.zeros((3, 4)), enc, dec).shape
+        >>> elbo = eqx.filter_jit(exact_count_elbo)
+        >>> elbo(p, x, jnp.zeros((3, 3)), jnp.zeros((3, 4)), enc, dec).shape
         (5,)
     """
     enc, dec = networks(params, encoder, decoder)
