@@ -205,7 +205,10 @@ def test_external_values_are_scored_by_inverting_the_flow(dtype):
         return score(jnp.asarray(ref_u, dt))
 
     by_density, by_log_prob, inverse = run_in(dtype, go)
-    tol = {"float32": 1e-5, "float64": 1e-12}[dtype]  # the same inverse, compiled apart
+    # The same inverse, compiled apart: in float32 the two programs round differently, and
+    # the inverse's round-off is ~2e-4 nats here (measured 2.8e-4 between them on one point
+    # with the default suite's XLA level 0): 1e-3 leaves a margin.
+    tol = {"float32": 1e-3, "float64": 1e-12}[dtype]
     np.testing.assert_allclose(by_density, inverse, rtol=tol, atol=tol)
     np.testing.assert_allclose(by_log_prob, inverse, rtol=tol, atol=tol)
     # float32: the inverse's round-off (measured 2e-4 nats here), with margin
