@@ -92,6 +92,7 @@ def test_a_checkpoint_survives_a_new_method_object_with_other_function_addresses
     assert_same_draws(run(method=again, checkpoint=path), base)
 
 
+@pytest.mark.slow  # slow suite (a 5-minute default suite): three more compiled runs; the init_params checks are test_recoverable's, shared
 def test_init_params_start_every_chain_there_and_are_checked():
     # mu = 40 is far outside the random starting box ([-2, 2]): after one sweep from it
     # (no warmup; MALA at step 0.3 moves mu by about step^2 / 2 * |grad| ~ 0.05 * 40 / 9

@@ -79,6 +79,7 @@ def test_a_loaded_result_says_how_to_draw_more(base, tmp_path):
         loaded.extend(S)
 
 
+@pytest.mark.slow  # slow suite (a 5-minute default suite): a source run and a fit; init_params themselves are checked by test_recoverable and test_gibbs_recover
 def test_init_params_start_the_source_chains_and_are_refused_without_a_source_method():
     # MALA as the source (fixed step size h = 0.05, no mode search, no warmup), started at
     # mu = 30 (the posterior is N(~0.6, ~0.55^2)): a MALA step moves mu by h * grad / 2 plus

@@ -18,6 +18,11 @@ from test_recoverable import StopAt, Y, infer_with, model
 
 W, S = 20, 20
 
+# Slow suite (a 5-minute default suite): each test fits a flow and runs NUTS (~5-18 s). The
+# machinery they exercise (chains' extend, Ctrl-C, checkpoints, init_params) is tested in the
+# default suite by test_recoverable.py; NeuTra itself by test_neutra.py.
+pytestmark = pytest.mark.slow
+
 METHOD = inference.NeuTra(vi_steps=30, flow_options={"layers": 1, "width": 4})
 
 

@@ -215,6 +215,7 @@ def _perturbed_flow(kind):
                for k, v in p.items()}
 
 
+@pytest.mark.slow  # slow suite (a 5-minute default suite): spline-flow compiles; STL/DReG on Gaussian guides stay in the default suite
 def test_flow_draws_are_scored_without_inverting_with_the_inverses_derivative():
     # log q at a flow's own draw x = T(eps): the forward pass's value, and d/dx from the
     # implicit inverse (dT/deps)^-1; both equal the inverted density's (float64, 1e-8)
