@@ -479,6 +479,9 @@ class _Job:
                 "tries": tries, "radius": radius, "data": ckpt.data_digest(self.data),
                 "init_params": None if given is None else ckpt.data_digest(given),
                 "model": _model_digest(self.target),
+                # The method's code too: a Gibbs block's factory prints as <lambda> whatever
+                # its body, so the repr above cannot tell two of them apart.
+                "method_code": _stable_digest(self.method),
                 "sites": {n: list(s) for n, s in self.target.sites.items()},
                 "x64": bool(jax.config.jax_enable_x64)}
 
@@ -539,6 +542,15 @@ class _Job:
         out.state.draws, out.state.requested = (state.draws + out.state.draws,
                                                 state.draws + n)
         return out
+
+
+def _stable_digest(obj: Any) -> str | None:
+    """:func:`inference.programs.fingerprint.fingerprint`'s stable digest of ``obj`` (by code
+    and values, the same in every process), or ``None`` where it cannot be taken."""
+    try:
+        return fingerprint(obj).stable
+    except Unfingerprintable:
+        return None
 
 
 def _model_digest(target: Any) -> str | None:

@@ -90,6 +90,15 @@ def test_a_checkpoint_survives_a_new_method_object_with_other_function_addresses
     again = inference.Gibbs({"z": inference.Enumerate(),
                              ("mu", "s"): functools.partial(langevin.mala, step_size=0.3)})
     assert_same_draws(run(method=again, checkpoint=path), base)
+    # A block factory that prints the same (<lambda>) but runs other code is another run.
+    other = inference.Gibbs({"z": inference.Enumerate(),
+                             ("mu", "s"): lambda ld: langevin.mala(ld, step_size=0.31)})
+    lam = inference.Gibbs({"z": inference.Enumerate(),
+                           ("mu", "s"): lambda ld: langevin.mala(ld, step_size=0.3)})
+    path2 = tmp_path / "g2.npz"
+    run(method=lam, checkpoint=path2)
+    with pytest.raises(ValueError, match="differs in method_code"):
+        run(method=other, checkpoint=path2)
 
 
 @pytest.mark.slow  # slow suite (a 5-minute default suite): three more compiled runs; the init_params checks are test_recoverable's, shared
