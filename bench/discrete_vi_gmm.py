@@ -7,7 +7,9 @@ is the ELBO with per-point assignment logits ``q(z_n)``; contestants:
 
 * ours: ``ppl.objectives.elbo`` with the guide's ``"z"`` (a ``(300,)`` Categorical block) at
   the default strategy (``Reinforce()``, one joint choice), ``Reinforce(baseline="mean")``
-  (2 draws), ``MVD()`` (one branch per point and category); ``vimco(K=4, plate="data")``.
+  (2 draws), ``MVD()`` (one branch per point and category); ``vimco(K=4, plate="data")``;
+  ``elbo(plate="data")`` (``plate``: each point's score weighted by its own term, as
+  ``TraceGraph_ELBO``) and ``elbo(K=2, plate="data")`` (``plate+loo``: less the other draw's).
   ``ours/enum``: ``log p(x)`` of the enumerated model through the enumeration that
   ``ppl.potential`` builds (:func:`models.discrete_vi.gmm.log_marginal_objective`; ``ppl.Enum`` on the guide would
   enumerate the joint block, ``3^300`` configurations, and ``ppl.objectives.elbo`` refuses
@@ -116,6 +118,20 @@ def hand_vimco(params, x, key, k: int = VIMCO_K):
     return _neg(jax.grad(surrogate)(params))
 
 
+def hand_plate(params, x, key, k: int = 1):
+    """Each point's score weighted by its own term (less the other draws' mean, k >= 2)."""
+    zs = _draw(params, key, (k,))  # (k, N)
+
+    def surrogate(p):
+        f, log_q = _f(p, x)
+        lw, s = _pick(f[None], zs), _pick(log_q[None], zs)  # (k, N)
+        lws = jax.lax.stop_gradient(lw)
+        own = lws if k == 1 else lws - (jnp.sum(lws, 0) - lws) / (k - 1)
+        return jnp.sum(jnp.mean(lw, 0)) + jnp.sum(own / k * (s - jax.lax.stop_gradient(s)))
+
+    return _neg(jax.grad(surrogate)(params))
+
+
 def problem(quick: bool = False) -> Problem:
     """The GMM problem; ``quick`` uses 60 points and a 1.5 s budget."""
     n = 60 if quick else N
@@ -138,6 +154,8 @@ def problem(quick: bool = False) -> Problem:
             model, ppl.strategies(guide, z=ppl.Reinforce(baseline="mean"))),
         "mvd": ppl.objectives.elbo(model, ppl.strategies(guide, z=ppl.MVD())),
         "vimco": ppl.objectives.vimco(model, guide, K=VIMCO_K, plate="data"),
+        "plate": ppl.objectives.elbo(model, guide, plate="data"),
+        "plate+loo": ppl.objectives.elbo(model, guide, K=2, plate="data"),
     }
     contestants = [adam_contestant(f"ours/{s}", "ours", s, ours_loss_grad(obj),
                                    params0=params0, **common)
@@ -154,7 +172,8 @@ def problem(quick: bool = False) -> Problem:
                            **common),
     ]
     hands = {"reinforce": hand_reinforce, "reinforce+mean": hand_reinforce_mean,
-             "mvd": hand_mvd, "vimco": hand_vimco}
+             "mvd": hand_mvd, "vimco": hand_vimco, "plate": hand_plate,
+             "plate+loo": lambda p, xx, kk: hand_plate(p, xx, kk, 2)}
     contestants += [adam_contestant(f"hand/{s}", "hand", s, g, params0=params0, **common)
                     for s, g in hands.items()]
     contestants.append(adam_contestant(

@@ -9,7 +9,9 @@ contestants:
   (``Reinforce()``: the ``(B, H)`` block is one joint choice), ``Reinforce()`` set explicitly,
   ``Reinforce(baseline="mean")`` (leave-one-out, 2 draws), ``MVD()``; and
   ``ppl.objectives.vimco(K=4, plate="batch")`` (IWAE-4 per image, per-image leave-one-out
-  baselines).
+  baselines); ``ppl.objectives.elbo(plate="batch")`` (``plate``: each image's score weighted
+  by its own terms, as ``TraceGraph_ELBO``) and ``elbo(K=2, plate="batch")`` (``plate+loo``:
+  two draws, each image's score less the other draw's terms for that image).
 * NumPyro: ``SVI`` with ``TraceGraph_ELBO`` (REINFORCE without baselines, Rao-Blackwellized
   along the plate: each image's score is weighted by that image's terms only).
   ``TraceEnum_ELBO`` would enumerate ``2^32`` configurations per image: skipped.
@@ -101,6 +103,21 @@ def hand_vimco(params, x, key, k: int = VIMCO_K):
     return _neg(jax.grad(surrogate)(params))
 
 
+def hand_plate(params, x, key, k: int = 1):
+    """Each image's score weighted by its own log weight (less the other draws' mean, k >= 2)."""
+    zs = jax.vmap(lambda kk: sbn.sample_z(jax.lax.stop_gradient(params), x, kk))(
+        jax.random.split(key, k))  # (k, B, H)
+
+    def surrogate(p):
+        lw = jax.vmap(lambda z: sbn.log_weight(p, x, z))(zs)  # (k, B)
+        s = jax.vmap(lambda z: _log_q(p, x, z))(zs)
+        lws = jax.lax.stop_gradient(lw)
+        own = lws if k == 1 else lws - (jnp.sum(lws, 0) - lws) / (k - 1)
+        return jnp.sum(jnp.mean(lw, 0)) + jnp.sum(own / k * (s - jax.lax.stop_gradient(s)))
+
+    return _neg(jax.grad(surrogate)(params))
+
+
 def hand_mvd(params, x, key):
     """Measure-valued derivative w.r.t. each unit's probability, one image at a time."""
     z = sbn.sample_z(jax.lax.stop_gradient(params), x, key)
@@ -143,6 +160,8 @@ def problem(quick: bool = False) -> Problem:
         "reinforce+mean": ppl.objectives.elbo(
             model, ppl.strategies(guide, z=ppl.Reinforce(baseline="mean"))),
         "vimco": ppl.objectives.vimco(model, guide, K=VIMCO_K, plate="batch"),
+        "plate": ppl.objectives.elbo(model, guide, plate="batch"),
+        "plate+loo": ppl.objectives.elbo(model, guide, K=2, plate="batch"),
         "mvd": ppl.objectives.elbo(model, ppl.strategies(guide, z=ppl.MVD())),
     }
     common = {"params0": params0, "data": x, "batch_size": BATCH,
@@ -152,7 +171,8 @@ def problem(quick: bool = False) -> Problem:
     contestants.append(numpyro_contestant("numpyro/TraceGraph_ELBO", "reinforce", model, guide,
                                           TraceGraph_ELBO(), **common))
     hands = {"reinforce": hand_reinforce, "reinforce+mean": hand_reinforce_mean,
-             "vimco": hand_vimco, "mvd": hand_mvd}
+             "vimco": hand_vimco, "mvd": hand_mvd, "plate": hand_plate,
+             "plate+loo": lambda p, xx, kk: hand_plate(p, xx, kk, 2)}
     contestants += [adam_contestant(f"hand/{s}", "hand", s, g, **common) for s, g in hands.items()]
     skipped = (
         ("numpyro/TraceEnum_ELBO",

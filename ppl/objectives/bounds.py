@@ -19,13 +19,32 @@ from ppl.objectives.low_variance import check_gradient, check_guide, dreg_iwae, 
 from ppl.objectives.plate import _check_plain, _check_plate_options, _plate_weights
 
 
-def elbo(model: Callable, guide: Callable, *, gradient: str = "standard") -> Expectation:
+def elbo(model: Callable, guide: Callable, *, K: int = 1, plate: str | None = None,
+         shared_globals: bool = False, gradient: str = "standard") -> Expectation:
     """The evidence lower bound ``E_{z ~ q}[log p(x, z) - log q(z)] <= log p(x)``.
+
+    ``K``: the mean of ``K`` independent estimates (same value in expectation). The guide's
+    sites with plain Reinforce gradients (the default for discrete sites) then get
+    leave-one-out baselines: draw ``k``'s score is weighted by its estimate minus the mean of
+    the other ``K - 1`` (unbiased, as the others do not depend on draw ``k``).
+
+    ``plate="data"``: per-element credit for those Reinforce sites (what NumPyro's
+    ``TraceGraph_ELBO`` does along plates). Without it a Reinforce site inside a plate is one
+    joint choice whose score is weighted by the whole objective, every other element's terms
+    included: pure noise that grows with the plate's size. With it, element ``n``'s score is
+    weighted by element ``n``'s own terms (its log weight ``w_n``, the log densities of the
+    model's and the guide's sites inside the plate along its axis, times the subsample scale
+    ``N/B``), minus their leave-one-out mean when ``K >= 2``. The value is the same ELBO. It
+    needs what the per-element bounds need (see "Per-element bounds" in
+    :mod:`ppl.objectives`): given the sites outside the plate, element ``n``'s terms involve
+    its own local sites only (a term outside the plate that depends on them is an error), and
+    latent sites outside the plate need ``shared_globals=True`` (drawn once per estimate,
+    shared by the ``K`` draws; their Reinforce sites keep the whole objective as weight).
 
     ``gradient="stl"``: the guide's parameters get sticking the landing's gradient (Roeder et
     al. 2017; path term only, unbiased, zero variance when ``q`` is the posterior); the
-    model's parameters the usual one. Needs reparameterised guide sites; see
-    :mod:`ppl.objectives.low_variance`. The value (``.estimate``) is the same.
+    model's parameters the usual one. Needs reparameterised guide sites, ``K = 1`` and no
+    plate; see :mod:`ppl.objectives.low_variance`. The value (``.estimate``) is the same.
 
     Example (at ``q = p(z | x) = N(x/2, 1/sqrt 2)`` every estimate equals ``log p(x)``):
         >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist, ppl
@@ -39,10 +58,31 @@ def elbo(model: Callable, guide: Callable, *, gradient: str = "standard") -> Exp
         >>> exact = {"m": 0.5, "log_s": -0.5 * jnp.log(2.0)}  # log p(1) = log N(1; 0, sqrt 2)
         >>> float(ppl.objectives.elbo(model, guide).estimate(jax.random.key(0), exact, 1.0))  # doctest: +ELLIPSIS
         -1.515...
+
+    Per-element credit for a discrete site in a data plate (two draws, leave-one-out):
+        >>> def coins(x):
+        ...     with numpyro.plate("data", x.shape[0]):
+        ...         b = numpyro.sample("b", dist.Bernoulli(0.5))
+        ...         numpyro.sample("x", dist.Normal(2.0 * b, 1.0), obs=x)
+        >>> def coins_guide(x):
+        ...     with numpyro.plate("data", x.shape[0]):
+        ...         numpyro.sample("b", dist.Bernoulli(logits=numpyro.param("c", 0.1) * x))
+        >>> obj = ppl.objectives.elbo(coins, coins_guide, K=2, plate="data")
+        >>> g = obj.grad_estimate(jax.random.key(0), {"c": 0.1}, jnp.array([0.3, 2.2, -0.7]))[0]
+        >>> g["c"].shape
+        ()
     """
 
+    _check_count(K, "elbo: K")
+    _check_plate_options(plate, shared_globals, "elbo")
     check_gradient(gradient, "elbo")
     if gradient == "stl":
+        if plate is not None or K != 1:
+            raise ValueError(
+                f"elbo(gradient='stl', K={K}, plate={plate!r}): sticking the landing is "
+                "implemented for one joint draw; use K=1 and plate=None with it, or "
+                "gradient='standard' (plate= and K= give discrete sites lower variance)."
+            )
         check_guide(guide, "elbo(gradient='stl')")
 
         @expectation
@@ -51,6 +91,38 @@ def elbo(model: Callable, guide: Callable, *, gradient: str = "standard") -> Exp
 
         return elbo_stl
 
+    if plate is not None:
+        _check_plain(model, guide, "elbo")
+
+        @expectation
+        def elbo_plate(params, *args):
+            w = _plate_weights(lambda prm: with_params((model, guide), prm), params, args, plate,
+                               K, shared_globals, "elbo", reinforce=True)
+            lw = jax.lax.stop_gradient(w.log_w)  # (K, B)
+            value = w.scale * jnp.sum(jnp.mean(w.log_w, 0)) + w.shared
+            # element n of draw k: its own terms, less the other draws' mean for that element
+            own = lw if K == 1 else lw - (jnp.sum(lw, 0) - lw) / (K - 1)
+            return _reweight_scores(value, w.scale * own / K, w.scores)
+
+        return elbo_plate
+
+    if K > 1:
+
+        @expectation
+        def elbo_k(params, *args):
+            p, q = with_params((model, guide), params)
+
+            def particle():
+                z, log_q = sim(q, *args)
+                return z, density(p, z, *args) - log_q
+
+            zs, log_w = particles(particle, K)
+            lw = jax.lax.stop_gradient(log_w)
+            s = jax.vmap(lambda z: _reinforce_log_prob(q, z, *args))(jax.lax.stop_gradient(zs))
+            return _reweight_scores(jnp.mean(log_w), (lw - (jnp.sum(lw) - lw) / (K - 1)) / K, s)
+
+        return elbo_k
+
     @expectation
     def elbo(params, *args):
         p, q = with_params((model, guide), params)
@@ -58,6 +130,18 @@ def elbo(model: Callable, guide: Callable, *, gradient: str = "standard") -> Exp
         return density(p, z, *args) - log_q
 
     return elbo
+
+
+def _reweight_scores(value: jax.Array, signal: jax.Array, scores: jax.Array) -> jax.Array:
+    """``value``, with the plain-Reinforce scores ``scores`` weighted by ``signal`` instead.
+
+    The Reinforce rule weights each plain-Reinforce site's score by the objective's value; the
+    returned term (zero in value) takes ``value - signal`` off each score's weight, so score
+    ``scores[i]`` ends up weighted by ``signal[i]``. Unbiased when ``value - signal[i]`` does
+    not depend on the draw that ``scores[i]`` scores.
+    """
+    b = jax.lax.stop_gradient(value) - signal
+    return value - jnp.sum(b * (scores - jax.lax.stop_gradient(scores)))
 
 
 def iwae(model: Callable, guide: Callable, K: int = 8, *, plate: str | None = None,
@@ -227,8 +311,7 @@ def vimco(model: Callable, guide: Callable, K: int = 8, *, plate: str | None = N
             # Element n's scores get (N/B) (L_n - L_{n,-k}) instead of the whole objective.
             signal = w.scale * (jax.lax.stop_gradient(per_element)[None, :] - baselines)
             value = w.scale * jnp.sum(per_element) + w.shared
-            b = jax.lax.stop_gradient(value) - signal
-            return value - jnp.sum(b * (w.scores - jax.lax.stop_gradient(w.scores)))
+            return _reweight_scores(value, signal, w.scores)
 
         return vimco
 
