@@ -48,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -59,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from inference import checkpoint as ckpt
+from inference import interrupt
 from inference.chain_target import PotentialTarget
 from inference.arguments import CONCRETE_ERRORS, positive_int, split_arguments, static_part
 from inference.programs.cache import compiling
@@ -360,8 +362,13 @@ class _Job:
         as_int = lambda v: np.asarray(v, np.int32)  # noqa: E731  (no device op: no tiny compile)
         most = chunk_sizes(max(end - t, 1), UPDATES)[1]
         size = min(most, FIRST_CHUNK)
+        # The first Ctrl-C sets a flag read after each chunk (inference.interrupt: a raised
+        # KeyboardInterrupt can be lost in a callback); the second raises at once.
+        signals = contextlib.ExitStack()
+        pressed = signals.enter_context(interrupt.deferred())
         try:
             while latest[1] < end:
+                interrupt.check(pressed)
                 carry, t = latest
                 stop = min(t + size, end)
                 started = time.perf_counter()
@@ -382,6 +389,7 @@ class _Job:
             jax.block_until_ready(carry)
             return carry, t, True
         finally:
+            signals.close()
             bar.close()
         return latest[0], latest[1], False
 

@@ -49,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 from typing import Any, Callable, NamedTuple
@@ -58,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from inference import interrupt
 from inference.stacklevel import user_stacklevel
 from inference.programs.cache import compiling
 from inference.progress import ProgressBar, chunk_sizes
@@ -267,9 +269,15 @@ def run_steps(
     committed = (0, state)  # (chunks done, the state they reached): one assignment each
     pending = None  # the chunk in flight: (its index, its outputs)
     interrupted = False
+    # The first Ctrl-C sets a flag read after each chunk (inference.interrupt: a raised
+    # KeyboardInterrupt can be lost in a callback); the second raises, to stop waiting.
+    signals = contextlib.ExitStack()
+    pressed = signals.enter_context(interrupt.deferred())
     try:
         for c in range(n_chunks):
+            interrupt.check(pressed)  # a Ctrl-C between chunks: stop before the next
             done_chunk, ctrl_c = _to_the_end(fast, state, starts[c], end, key, data)
+            ctrl_c = ctrl_c or pressed()
             pending = (c, done_chunk)
             new_state, outputs, ok = done_chunk
             if not bool(ok):  # one host sync per chunk
@@ -321,6 +329,7 @@ def run_steps(
         if n_done == 0:
             raise
     finally:
+        signals.close()
         bar.close()
 
     if interrupted:

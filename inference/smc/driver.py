@@ -32,6 +32,7 @@ persistent cache and the program store keep them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -46,6 +47,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from inference import checkpoint as ckpt
+from inference import interrupt
 from inference.arguments import positive_int, split_arguments, static_part
 from inference.chains import ChainOutputs
 from inference.stacklevel import user_stacklevel
@@ -387,8 +389,13 @@ def run_smc(method: Any, model: Callable, args: tuple, kwargs: dict, *, key: jax
         raise_if_no_likelihood(model, job.trace, gather(checks), n)
     bar = ProgressBar(100, desc="SMC", enabled=progress)
     size, latest, no = 1, states, jnp.asarray(False)
+    # The first Ctrl-C sets a flag read after each chunk (inference.interrupt: a raised
+    # KeyboardInterrupt can be lost in a callback); the second raises at once.
+    signals = contextlib.ExitStack()
+    pressed = signals.enter_context(interrupt.deferred())
     try:
         while not bool(np.all(np.asarray(gather(done)))):
+            interrupt.check(pressed)
             until = stage + size
             if checkpoint is not None:  # stop where the next checkpoint is due
                 until = min(until, (stage // every + 1) * every)
@@ -417,6 +424,7 @@ def run_smc(method: Any, model: Callable, args: tuple, kwargs: dict, *, key: jax
                "To be able to resume an interrupted run, pass checkpoint='smc.npz' to infer "
                "(the same call again then resumes it).")) from None
     finally:
+        signals.close()
         bar.close()
     samples, stats, tuning = gather(finish_c(states, keys, job.dyn))
     jax.block_until_ready((samples, stats, tuning))
