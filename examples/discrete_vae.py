@@ -36,6 +36,7 @@ import optax
 
 import inference
 import ppl
+from models.digit_plots import plot_digit_rows
 from models.discrete_vi import sbn
 
 STRATEGIES = ("vimco", "reinforce+mean", "mvd", "reinforce")
@@ -57,11 +58,6 @@ def objective_for(name: str, params0: dict) -> ppl.Expectation:
 
 def plot(path: str, params: dict, x_test: np.ndarray, key: jax.Array, n: int = 10) -> None:
     """Rows: test images, reconstructions, prior samples (decoder means), decoder weights."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     x = jnp.asarray(x_test[:n])
     code = (x @ params["enc_w"] + params["enc_b"] > 0).astype(x.dtype)
     recon = jax.nn.sigmoid(code @ params["dec_w"] + params["dec_b"])
@@ -69,22 +65,10 @@ def plot(path: str, params: dict, x_test: np.ndarray, key: jax.Array, n: int = 1
                              (n, params["prior_logits"].shape[0])).astype(x.dtype)
     samples = jax.nn.sigmoid(z @ params["dec_w"] + params["dec_b"])
     weights = params["dec_w"][:n]
-    rows = [("test images", x, (0, 1)), ("reconstructions", recon, (0, 1)),
-            ("prior samples", samples, (0, 1)),
-            ("decoder weights", weights, (-float(jnp.max(jnp.abs(weights))),
-                                          float(jnp.max(jnp.abs(weights)))))]
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.05))
-    for r, (label, images, (lo, hi)) in enumerate(rows):
-        cmap = "gray_r" if r < 3 else "RdBu"
-        for c in range(min(n, images.shape[0])):
-            ax = axes[r, c]
-            ax.imshow(np.asarray(images[c]).reshape(8, 8), cmap=cmap, vmin=lo, vmax=hi)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    top = float(jnp.max(jnp.abs(weights)))
+    plot_digit_rows(path, [("test images", x), ("reconstructions", recon),
+                           ("prior samples", samples),
+                           ("decoder weights", weights, "RdBu", -top, top)], n=n)
 
 
 def main(steps: int = 30000, strategy: str = "vimco", out: str | None = None,

@@ -71,6 +71,7 @@ import optax
 
 from inference.metrics import energy_distance
 from models import latent_flow as L
+from models.digit_plots import plot_digit_rows
 
 BATCH = 128
 
@@ -104,23 +105,8 @@ def ed_stats(draw, x_test: jax.Array, key: jax.Array, repeats: int = 5) -> tuple
 
 
 def plot(path: str, rows: list[tuple[str, Any]], vmin: float, n: int = 12) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.8, len(rows) * 0.95))
-    for r, (label, images) in enumerate(rows):
-        images = np.asarray(images)
-        for c in range(n):
-            ax = axes[r, c]
-            ax.imshow(images[c].reshape(8, 8), cmap="gray_r", vmin=vmin, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    plot_digit_rows(path, [(label, images, "gray_r", vmin, 1.0) for label, images in rows], n=n,
+                    cell=(0.8, 0.95))
 
 
 def main(steps: int | None = None, quick: bool = False, out: str | None = "latent_flow_digits.png",

@@ -44,6 +44,7 @@ from numpyro.contrib.module import eqx_module
 
 import inference
 import ppl
+from models.digit_plots import plot_digit_rows
 
 LATENT = 8
 HIDDEN = 256
@@ -154,11 +155,6 @@ def plot(path: str, encoder, decoder, runs: dict[str, dict], x_test: np.ndarray,
          key: jax.Array, n: int = 10) -> None:
     """Test images, each run's reconstructions (decoder means at the encoder mean) and prior
     samples (decoder means at ``z ~ N(0, I)``), one row each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [("test images", x_test[:n])]
     z = jax.random.normal(key, (n, LATENT))
     for name, params in runs.items():
@@ -167,17 +163,7 @@ def plot(path: str, encoder, decoder, runs: dict[str, dict], x_test: np.ndarray,
         loc = jax.vmap(enc)(jnp.asarray(x_test[:n]))[:, :LATENT]
         rows.append((f"{name}: reconstructions", jax.nn.sigmoid(jax.vmap(dec)(loc))))
         rows.append((f"{name}: samples", jax.nn.sigmoid(jax.vmap(dec)(z))))
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.05))
-    for r, (label, images) in enumerate(rows):
-        for c in range(n):
-            ax = axes[r, c]
-            ax.imshow(np.asarray(images[c]).reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    plot_digit_rows(path, rows, n=n)
 
 
 def main(steps: int = 3000, out: str = "vae_digits.png", seed: int = 0,

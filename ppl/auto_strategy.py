@@ -39,9 +39,9 @@ import logging
 from typing import Any, Callable
 
 from ppl.expectation import Expectation
-from ppl.estimator_lab import Variant, _check_candidates, _Lab, strategy_label
+from ppl.estimator_lab import Variant, _check_candidates, _Lab
 from ppl.gradient_report import GradientReport
-from ppl.strategy import Strategy
+from ppl.strategy import Strategy, strategy_label
 
 __all__ = ["auto_strategies", "AutoStrategies"]
 
@@ -107,20 +107,19 @@ def auto_strategies(objective: Callable[..., Expectation], params: Any, *args: A
     much they differ. Strategies that are exact (enumeration) have zero variance and win
     whenever they apply, whatever their cost.
 
-    Example:
+    Example (a coin: enumerating its two values gives the exact gradient):
         >>> import jax, numpyro, numpyro.distributions as dist, ppl
-        >>> def guide(theta):
-        ...     numpyro.sample("x", dist.Normal(theta, 1.0))
+        >>> def coin(theta):
+        ...     numpyro.sample("b", dist.Bernoulli(logits=theta))
         >>> def build(**s):
-        ...     @ppl.expectation
-        ...     def mean_x(params):
-        ...         values, _ = ppl.sim(ppl.strategies(guide, **s), params["theta"])
-        ...         return 3.0 * values["x"]
-        ...     return mean_x
-        >>> choice = ppl.auto_strategies(build, {"theta": 0.5}, key=jax.random.key(0),
+        ...     def payoff(params):
+        ...         values, _ = ppl.sim(ppl.strategies(coin, **s), params["theta"])
+        ...         return 3.0 * values["b"] - 1.0
+        ...     return ppl.expectation(payoff)
+        >>> choice = ppl.auto_strategies(build, {"theta": 0.3}, key=jax.random.key(0),
         ...                              num_estimates=32, verbose=False)
-        >>> choice["x"]  # the pathwise gradient of a linear function is exact
-        Reparam()
+        >>> choice["b"]
+        Enum()
     """
     if isinstance(objective, Expectation) or not callable(objective):
         raise TypeError(

@@ -30,50 +30,16 @@ from ppl.choice import Choice, random_choice_p
 from ppl.expectation import Expectation, _split_differentiable
 from ppl.strategy import (
     MAX_ENUM_CONFIGS,
-    MVD,
     Enum,
-    GumbelSoftmax,
-    Reinforce,
-    Reparam,
-    StraightThrough,
     Strategy,
     StrategyError,
+    as_strategies,
+    default_candidates,
     resolve_strategy,
+    strategy_label,
 )
 
 __all__ = ["GradientRow", "Variant", "choice_sites", "default_candidates", "strategy_label"]
-
-
-def default_candidates() -> list[Strategy]:
-    """The strategies a report tries at each site (those that do not apply are skipped).
-
-    Example:
-        >>> [strategy_label(s) for s in default_candidates()]  # doctest: +NORMALIZE_WHITESPACE
-        ['reparam', 'reinforce', 'reinforce(mean)', 'enum', 'mvd', 'straight_through',
-         'gumbel_softmax(1)']
-    """
-    return [Reparam(), Reinforce(), Reinforce(baseline="mean"), Enum(), MVD(),
-            StraightThrough(), GumbelSoftmax(1.0)]
-
-
-def strategy_label(strategy: Strategy) -> str:
-    """A short name for a strategy: ``'reinforce(mean)'``, ``'gumbel_softmax(0.5)'``, ...
-
-    Example:
-        >>> import ppl
-        >>> strategy_label(ppl.Reinforce(baseline="mean", num_samples=4))
-        'reinforce(mean, 4)'
-    """
-    if isinstance(strategy, Reinforce):
-        if strategy.baseline is None:
-            return "reinforce"
-        if strategy.baseline == "mean":
-            n = int(strategy.num_samples)
-            return "reinforce(mean)" if n == 2 else f"reinforce(mean, {n})"
-        return f"reinforce({getattr(strategy.baseline, '__name__', 'baseline')})"
-    if isinstance(strategy, GumbelSoftmax):
-        return f"gumbel_softmax({strategy.temperature:g})"
-    return strategy.name
 
 
 @dataclass(frozen=True)
@@ -407,34 +373,18 @@ class _Lab:
                 if c != current and (biased or c.unbiased)]
 
 
-_NAMES: dict[str, Callable[[], Strategy]] = {
-    "reparam": Reparam, "reinforce": Reinforce, "reinforce(mean)": lambda: Reinforce("mean"),
-    "enum": Enum, "mvd": MVD, "straight_through": StraightThrough,
-    "gumbel_softmax": GumbelSoftmax}
-
-
-def _as_strategies(spec: Any) -> list[Strategy]:
-    out = []
-    for s in spec:
-        if isinstance(s, str) and s.lower() in _NAMES:
-            s = _NAMES[s.lower()]()
-        elif isinstance(s, type) and issubclass(s, Strategy):
-            s = s()
-        if not isinstance(s, Strategy):
-            raise TypeError(f"gradient_report(candidates=...): got {s!r}; give strategy names "
-                            f"{sorted(_NAMES)} or strategy objects such as "
-                            "ppl.Reinforce(baseline='mean').")
-        out.append(s)
-    return out
-
-
 def _check_candidates(candidates: Any) -> None:
     """Parse ``candidates`` once up front, so that a typo fails before anything compiles."""
     if candidates is None:
         return
     specs = candidates.values() if isinstance(candidates, Mapping) else [candidates]
     for spec in specs:
-        _as_strategies([spec] if isinstance(spec, (str, Strategy)) else spec)
+        _parse(spec)
+
+
+def _parse(spec: Any) -> list[Strategy]:
+    return as_strategies([spec] if isinstance(spec, (str, Strategy)) else spec,
+                         "gradient_report(candidates=...)")
 
 
 def _candidates_for(site: str, fits: list[Strategy], candidates: Any) -> list[Strategy]:
@@ -443,6 +393,6 @@ def _candidates_for(site: str, fits: list[Strategy], candidates: Any) -> list[St
     spec = candidates.get(site, None) if isinstance(candidates, Mapping) else candidates
     if spec is None:
         return fits
-    wanted = _as_strategies([spec] if isinstance(spec, (str, Strategy)) else spec)
+    wanted = _parse(spec)
     fit_types = {type(f) for f in fits}
     return [w for w in wanted if type(w) in fit_types]

@@ -46,15 +46,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, Sequence
 
-from ppl.estimator_lab import (
-    GradientRow,
-    Variant,
-    _check_candidates,
-    _Lab,
-    default_candidates,
-    strategy_label,
-)
+from ppl.estimator_lab import GradientRow, Variant, _check_candidates, _Lab
 from ppl.expectation import Expectation
+from ppl.strategy import default_candidates, strategy_label
 
 __all__ = ["gradient_report", "GradientReport", "GradientRow", "Variant", "strategy_label",
            "default_candidates"]

@@ -45,6 +45,9 @@ __all__ = [
     "resolve_strategy",
     "strategies",
     "base_distribution",
+    "default_candidates",
+    "strategy_label",
+    "as_strategies",
 ]
 
 #: Largest number of joint configurations :class:`Enum` enumerates at one site.
@@ -185,7 +188,63 @@ class GumbelSoftmax(Strategy):
             raise ValueError(f"GumbelSoftmax(temperature={self.temperature}): must be > 0.")
 
 
-_BY_NAME = {"reparam": Reparam, "reinforce": Reinforce, "enum": Enum, "mvd": MVD}
+_BY_NAME: dict[str, Callable[[], Strategy]] = {
+    "reparam": Reparam, "reinforce": Reinforce, "reinforce(mean)": lambda: Reinforce("mean"),
+    "enum": Enum, "mvd": MVD, "straight_through": StraightThrough,
+    "gumbel_softmax": GumbelSoftmax}
+
+
+def default_candidates() -> list[Strategy]:
+    """The strategies the estimator lab tries at each site (those that do not apply are
+    skipped): one of each, with the default settings.
+
+    Example:
+        >>> [strategy_label(s) for s in default_candidates()]  # doctest: +NORMALIZE_WHITESPACE
+        ['reparam', 'reinforce', 'reinforce(mean)', 'enum', 'mvd', 'straight_through',
+         'gumbel_softmax(1)']
+    """
+    return [Reparam(), Reinforce(), Reinforce(baseline="mean"), Enum(), MVD(),
+            StraightThrough(), GumbelSoftmax(1.0)]
+
+
+def strategy_label(strategy: Strategy) -> str:
+    """A short name for a strategy: ``'reinforce(mean)'``, ``'gumbel_softmax(0.5)'``, ...
+
+    Example:
+        >>> strategy_label(Reinforce(baseline="mean", num_samples=4))
+        'reinforce(mean, 4)'
+    """
+    if isinstance(strategy, Reinforce):
+        if strategy.baseline is None:
+            return "reinforce"
+        if strategy.baseline == "mean":
+            n = int(strategy.num_samples)
+            return "reinforce(mean)" if n == 2 else f"reinforce(mean, {n})"
+        return f"reinforce({getattr(strategy.baseline, '__name__', 'baseline')})"
+    if isinstance(strategy, GumbelSoftmax):
+        return f"gumbel_softmax({strategy.temperature:g})"
+    return strategy.name
+
+
+def as_strategies(specs: Any, what: str) -> list[Strategy]:
+    """Strategy objects from names (:data:`_BY_NAME`'s keys), classes or objects; ``what``
+    names the caller in the error.
+
+    Example:
+        >>> [strategy_label(s) for s in as_strategies(["enum", MVD, Reinforce("mean")], "f")]
+        ['enum', 'mvd', 'reinforce(mean)']
+    """
+    out = []
+    for s in specs:
+        if isinstance(s, str) and s.lower() in _BY_NAME:
+            s = _BY_NAME[s.lower()]()
+        elif isinstance(s, type) and issubclass(s, Strategy):
+            s = s()
+        if not isinstance(s, Strategy):
+            raise TypeError(f"{what}: got {s!r}; give strategy names {sorted(_BY_NAME)} or "
+                            "strategy objects such as ppl.Reinforce(baseline='mean').")
+        out.append(s)
+    return out
 
 
 def _fits(fn: Any) -> list[str]:
@@ -289,8 +348,8 @@ class _SetStrategies(Messenger):
 def strategies(program: Callable, **by_site: Any) -> Callable:
     """``program`` with the gradient strategy of the named sites set, without editing it.
 
-    Values are strategy names (``"reparam"``, ``"reinforce"``, ``"enum"``, ``"mvd"``) or
-    strategy objects; they override the sites' own ``infer={"grad": ...}``. Naming a site
+    Values are strategy names (``"reparam"``, ``"reinforce"``, ``"reinforce(mean)"``,
+    ``"enum"``, ``"mvd"``, ``"straight_through"``, ``"gumbel_softmax"``) or strategy objects; they override the sites' own ``infer={"grad": ...}``. Naming a site
     the program does not have is an error when the program runs.
 
     Example:

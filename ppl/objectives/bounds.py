@@ -110,15 +110,8 @@ def elbo(model: Callable, guide: Callable, *, K: int = 1, plate: str | None = No
 
         @expectation
         def elbo_k(params, *args):
-            p, q = with_params((model, guide), params)
-
-            def particle():
-                z, log_q = sim(q, *args)
-                return z, density(p, z, *args) - log_q
-
-            zs, log_w = particles(particle, K)
+            log_w, s = _scored_particles(model, guide, params, args, K)
             lw = jax.lax.stop_gradient(log_w)
-            s = jax.vmap(lambda z: _reinforce_log_prob(q, z, *args))(jax.lax.stop_gradient(zs))
             return _reweight_scores(jnp.mean(log_w), (lw - (jnp.sum(lw) - lw) / (K - 1)) / K, s)
 
         return elbo_k
@@ -237,6 +230,20 @@ def iwae(model: Callable, guide: Callable, K: int = 8, *, plate: str | None = No
     return iwae
 
 
+def _scored_particles(model: Callable, guide: Callable, params, args: tuple, K: int):
+    """``K`` joint particles: their log weights ``log p(x, z_k) - log q(z_k)`` and the
+    plain-Reinforce scores ``s_k`` (:func:`_reinforce_log_prob`) of their draws, both ``(K,)``."""
+    p, q = with_params((model, guide), params)
+
+    def particle():
+        z, log_q = sim(q, *args)
+        return z, density(p, z, *args) - log_q
+
+    zs, log_w = particles(particle, K)
+    s = jax.vmap(lambda z: _reinforce_log_prob(q, z, *args))(jax.lax.stop_gradient(zs))
+    return log_w, s
+
+
 def _reinforce_log_prob(program: Callable, values: dict, *args) -> jax.Array:
     """``log q(values)`` summed over the sites whose gradient strategy is plain Reinforce.
 
@@ -317,18 +324,11 @@ def vimco(model: Callable, guide: Callable, K: int = 8, *, plate: str | None = N
 
     @expectation
     def vimco(params, *args):
-        p, q = with_params((model, guide), params)
-
-        def particle():
-            z, log_q = sim(q, *args)
-            return z, density(p, z, *args) - log_q
-
-        zs, log_w = particles(particle, K)
+        log_w, s = _scored_particles(model, guide, params, args, K)
         lw = jax.lax.stop_gradient(log_w)
         others_mean = (jnp.sum(lw) - lw) / (K - 1)
         loo = jnp.where(jnp.eye(K, dtype=bool), others_mean[:, None], lw[None, :])
         baselines = log_mean_exp(loo.T)  # L_{-k}, k = 0..K-1
-        s = jax.vmap(lambda z: _reinforce_log_prob(q, z, *args))(jax.lax.stop_gradient(zs))
         return log_mean_exp(log_w) - jnp.sum(baselines * (s - jax.lax.stop_gradient(s)))
 
     return vimco
