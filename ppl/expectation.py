@@ -414,8 +414,12 @@ class Expectation:
     def value_and_grad_estimate(self, key: jax.Array, *args: Any) -> tuple[jax.Array, tuple]:
         """``(estimate(key, *args), grad_estimate(key, *args))`` from one pass.
 
-        The value is the primal of the gradient estimator, so it equals :meth:`estimate`
-        with the same key; use this in training loops instead of calling both.
+        The value is the primal of the gradient estimator: an unbiased estimate of the same
+        expectation, equal to :meth:`estimate` with the same key when every random choice
+        is drawn once (``Reparam``, plain ``Reinforce``, ``MVD``). An ``Enum`` site is summed
+        over its support and a ``Reinforce(baseline="mean")`` site averages its draws, so
+        there the value has less variance than :meth:`estimate`'s and differs from it. Use
+        this in training loops instead of calling both.
 
         Example:
             >>> import jax, numpyro, numpyro.distributions as dist, ppl
