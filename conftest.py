@@ -8,12 +8,28 @@ whose runs, not compiles, dominate) and any other selection compile as users' pr
 compiled, at XLA's default level. ``PPL_TEST_XLA_DEFAULT=1`` keeps the default level for
 the default suite too. Subprocess tests that set their own ``XLA_FLAGS`` keep them.
 
+Tests run without the on-disk compilation cache (``PPL_JAX_COMPILATION_CACHE=0``) unless
+that variable is set: a test session starts from a cold cache (CI always does), where
+writing every compiled program to disk costs time and saves none (tests/test_langevin_methods.py
++ test_smc.py, one process: 68 s with a fresh cache, 54-60 s without). The tests of the
+cache itself give their subprocesses their own cache directories.
+
 Doctest collection skips module aliases, whose docstrings are collected where they live.
 """
 
 import os
 
 collect_ignore = ["inference/neutra.py"]
+
+
+if not (os.environ.get("PPL_JAX_COMPILATION_CACHE") or os.environ.get("JAX_COMPILATION_CACHE_DIR")):
+    # For subprocesses; this process has already imported inference (pyproject's
+    # filterwarnings names inference.diagnostics), which turned the cache on: turn it off.
+    os.environ["PPL_JAX_COMPILATION_CACHE"] = "0"
+    import sys
+
+    if "inference.programs.disk_cache" in sys.modules:
+        sys.modules["inference.programs.disk_cache"].disable()
 
 
 def pytest_configure(config):
