@@ -167,18 +167,23 @@ def test_real_sigint_stops_within_seconds(monkeypatch):
     """A real SIGINT during a long run (about 300 stages of ~0.05 s) is answered at the end
     of the chunk in flight (about a second), not at the end of the run."""
     method = SMC(num_particles=400, num_mcmc_steps=20, schedule=np.linspace(0.003, 1.0, 300))
-    sent = []
+    sent, timers = [], []
 
     class Bar(inference.progress.ProgressBar):
         def update(self, done, postfix):
             if not sent:  # the first chunk is done: the programs are compiled
                 sent.append(time.perf_counter())
-                threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+                timers.append(threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)))
+                timers[0].start()
 
     monkeypatch.setattr(driver, "ProgressBar", lambda *a, **k: Bar(100, enabled=False))
     started = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt, match="stage"):
-        run(method=method, num_samples=100)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="stage"):
+            run(method=method, num_samples=100)
+    finally:  # a signal sent after the run would interrupt whatever runs next
+        for timer in timers:
+            timer.cancel()
     stopped = time.perf_counter()
     assert sent, "the run ended before its first chunk"
     # Signal at sent + 0.5 s; a chunk is sized to about 1 s (first ones shorter): 3 s bound.
