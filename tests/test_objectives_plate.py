@@ -219,14 +219,20 @@ def test_plate_vimco_and_reinforce_gradients_match_exact_enumeration():
     assert np.all(g_v.std(0) * 2 < g_r.std(0)), (g_v.std(0), g_r.std(0))
 
 
-def test_plate_elbo_gives_discrete_sites_per_element_credit_unbiased():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_plate_elbo_gives_discrete_sites_per_element_credit_unbiased(dtype):
     """elbo(plate=, K=) keeps the ELBO's value and gradient (exact enumeration, K = 1 of
     exact_coin_iwae) and weights each element's Reinforce score by that element's terms only
     (and, with K = 2, less the other draw's): the same estimator class as NumPyro's
     TraceGraph_ELBO along a plate, plus leave-one-out baselines."""
+    with jax.enable_x64(dtype == "float64"):
+        _check_plate_elbo(jnp.dtype(dtype))
+
+
+def _check_plate_elbo(dtype):
     n = 2000
-    x = jnp.array([0.3, 2.2, -0.7, 1.1, -1.5, 0.6])
-    params = {"c": jnp.array(0.2), "d": jnp.array(0.5)}
+    x = jnp.array([0.3, 2.2, -0.7, 1.1, -1.5, 0.6], dtype)
+    params = {"c": jnp.array(0.2, dtype), "d": jnp.array(0.5, dtype)}
     exact = np.array(jax.grad(exact_coin_iwae, argnums=(0, 1))(params["c"], params["d"], x, 1))
     exact_value = float(exact_coin_iwae(params["c"], params["d"], x, 1))
     objectives = {"joint": O.elbo(coin_model, coin_guide),
@@ -240,6 +246,7 @@ def test_plate_elbo_gives_discrete_sites_per_element_credit_unbiased():
     out = many(draw, n)
     std = {}
     for name, (value, (g, _)) in out.items():
+        assert value.dtype == dtype and g["c"].dtype == dtype, (name, value.dtype)
         mean, se = mean_se(value)
         assert abs(mean - exact_value) < 5 * se, (name, mean, exact_value, se)
         g = as_array(g)
