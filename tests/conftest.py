@@ -155,6 +155,15 @@ MOVED_TO_SLOW = {
     "tests/test_smc.py::test_infer_shapes_and_stats",
     "tests/test_smc_recover.py::test_checkpoint_resume_after_a_crash_is_bit_identical",
     "tests/test_vi_params.py::test_saved_params_rebuild_the_fitted_guide[float32]",
+    # and, after that move (4:55), the next heaviest whose siblings cover the same machinery:
+    # Ctrl-C of Learned and Gibbs (run_chains' Ctrl-C: test_recoverable, test_interrupt), the
+    # Gibbs kernel protocol (test_gibbs' other tests), SMC's default checkpointing (its other
+    # checkpoint tests), NUTS's gradient counts (the Langevin and SMC counts stay)
+    "tests/test_learned_recover.py::test_ctrl_c_during_irmh_returns_the_draws_so_far",
+    "tests/test_gibbs_recover.py::test_ctrl_c_returns_the_draws_so_far_and_extend_finishes_the_run",
+    "tests/test_gibbs.py::test_gibbs_kernel_protocol_vmaps_and_is_reproducible",
+    "tests/test_smc_recover.py::test_checkpoint_every_stage_by_default",
+    "tests/test_gradient_counts.py::test_nuts_reports_its_warmup_and_sampling_gradients",
 }
 
 
