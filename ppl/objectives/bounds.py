@@ -92,12 +92,11 @@ def elbo(model: Callable, guide: Callable, *, K: int = 1, plate: str | None = No
         return elbo_stl
 
     if plate is not None:
-        _check_plain(model, guide, "elbo")
+        weights = _weights_per_element(model, guide, plate, K, shared_globals, "elbo", True)
 
         @expectation
         def elbo_plate(params, *args):
-            w = _plate_weights(lambda prm: with_params((model, guide), prm), params, args, plate,
-                               K, shared_globals, "elbo", reinforce=True)
+            w = weights(params, args)
             lw = jax.lax.stop_gradient(w.log_w)  # (K, B)
             value = w.scale * jnp.sum(jnp.mean(w.log_w, 0)) + w.shared
             # element n of draw k: its own terms, less the other draws' mean for that element
@@ -123,6 +122,19 @@ def elbo(model: Callable, guide: Callable, *, K: int = 1, plate: str | None = No
         return density(p, z, *args) - log_q
 
     return elbo
+
+
+def _weights_per_element(model: Callable, guide: Callable, plate: str, K: int,
+                         shared_globals: bool, what: str, reinforce: bool = False) -> Callable:
+    """Check that ``model`` and ``guide`` can be split along ``plate``; return
+    ``weights(params, args)``: their ``K`` particles' per-element log weights (``plate=``)."""
+    _check_plain(model, guide, what)
+
+    def weights(params, args):
+        return _plate_weights(lambda prm: with_params((model, guide), prm), params, args, plate,
+                              K, shared_globals, what, reinforce=reinforce)
+
+    return weights
 
 
 def _reweight_scores(value: jax.Array, signal: jax.Array, scores: jax.Array) -> jax.Array:
@@ -207,12 +219,11 @@ def iwae(model: Callable, guide: Callable, K: int = 8, *, plate: str | None = No
         return iwae_dreg
 
     if plate is not None:
-        _check_plain(model, guide, "iwae")
+        weights = _weights_per_element(model, guide, plate, K, shared_globals, "iwae")
 
         @expectation
         def iwae(params, *args):
-            w = _plate_weights(lambda prm: with_params((model, guide), prm), params, args, plate,
-                               K, shared_globals, "iwae")
+            w = weights(params, args)
             return w.scale * jnp.sum(log_mean_exp(w.log_w)) + w.shared
 
         return iwae
@@ -302,12 +313,11 @@ def vimco(model: Callable, guide: Callable, K: int = 8, *, plate: str | None = N
     _check_count(K, "vimco: K", 2)
     _check_plate_options(plate, shared_globals, "vimco")
     if plate is not None:
-        _check_plain(model, guide, "vimco")
+        weights = _weights_per_element(model, guide, plate, K, shared_globals, "vimco", True)
 
         @expectation
         def vimco(params, *args):
-            w = _plate_weights(lambda prm: with_params((model, guide), prm), params, args, plate,
-                               K, shared_globals, "vimco", reinforce=True)
+            w = weights(params, args)
             lw = jax.lax.stop_gradient(w.log_w)  # (K, B)
             others_mean = (jnp.sum(lw, 0) - lw) / (K - 1)
             eye = jnp.eye(K, dtype=bool)[:, :, None]
@@ -363,12 +373,11 @@ def renyi(model: Callable, guide: Callable, alpha: float = 0.5, K: int = 8, *,
     alpha = float(alpha)
     _check_plate_options(plate, shared_globals, "renyi")
     if plate is not None:
-        _check_plain(model, guide, "renyi")
+        weights = _weights_per_element(model, guide, plate, K, shared_globals, "renyi")
 
         @expectation
         def renyi(params, *args):
-            w = _plate_weights(lambda prm: with_params((model, guide), prm), params, args, plate,
-                               K, shared_globals, "renyi")
+            w = weights(params, args)
             if alpha == 1.0:
                 per_element = jnp.mean(w.log_w, axis=0)
             else:
