@@ -291,7 +291,8 @@ def test_problem_builds_and_evaluates():
 
 AIR_CONTESTANTS = [
     "ours/reinforce", "ours/reinforce+mean", "ours/enum", "ours/mvd", "ours/vimco",
-    "hand/reinforce", "hand/reinforce+mean", "hand/enum",
+    "ours/plate", "ours/plate+loo",
+    "hand/reinforce", "hand/reinforce+mean", "hand/enum", "hand/plate", "hand/plate+loo",
     "numpyro/TraceGraph_ELBO", "numpyro/TraceEnum_ELBO",
 ]
 
