@@ -48,7 +48,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
@@ -364,33 +363,31 @@ class _Job:
         size = min(most, FIRST_CHUNK)
         # The first Ctrl-C sets a flag read after each chunk (inference.interrupt: a raised
         # KeyboardInterrupt can be lost in a callback); the second raises at once.
-        signals = contextlib.ExitStack()
-        pressed = signals.enter_context(interrupt.deferred())
-        try:
-            while latest[1] < end:
-                interrupt.check(pressed)
+        with interrupt.deferred() as pressed:
+            try:
+                while latest[1] < end:
+                    interrupt.check(pressed)
+                    carry, t = latest
+                    stop = min(t + size, end)
+                    started = time.perf_counter()
+                    latest = (chunk(carry, as_int(t), as_int(stop), as_int(base)), stop)
+                    # Wait for the chunk: a Ctrl-C then stops after it, not after the whole run.
+                    jax.block_until_ready(latest[0])
+                    rate = (stop - t) / max(time.perf_counter() - started, 1e-6)
+                    size = int(min(most, 2 * size, max(1, rate * CHUNK_SECONDS)))
+                    if save is not None:
+                        save(*latest)
+                    extra = (self.host.postfix(latest[0][0])
+                             if bar.enabled and self.host.postfix is not None else {})
+                    bar.update(offset + latest[1], jax.device_get(extra))
+            except KeyboardInterrupt:
                 carry, t = latest
-                stop = min(t + size, end)
-                started = time.perf_counter()
-                latest = (chunk(carry, as_int(t), as_int(stop), as_int(base)), stop)
-                # Wait for the chunk: a Ctrl-C then stops after it, not after the whole run.
-                jax.block_until_ready(latest[0])
-                rate = (stop - t) / max(time.perf_counter() - started, 1e-6)
-                size = int(min(most, 2 * size, max(1, rate * CHUNK_SECONDS)))
-                if save is not None:
-                    save(*latest)
-                extra = (self.host.postfix(latest[0][0])
-                         if bar.enabled and self.host.postfix is not None else {})
-                bar.update(offset + latest[1], jax.device_get(extra))
-        except KeyboardInterrupt:
-            carry, t = latest
-            if any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(carry)):
-                raise  # the interrupted call had already taken its input
-            jax.block_until_ready(carry)
-            return carry, t, True
-        finally:
-            signals.close()
-            bar.close()
+                if any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(carry)):
+                    raise  # the interrupted call had already taken its input
+                jax.block_until_ready(carry)
+                return carry, t, True
+            finally:
+                bar.close()
         return latest[0], latest[1], False
 
     def _state(self, carry_state, run_key, t, draws, requested) -> ckpt.ChainState:

@@ -49,7 +49,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import warnings
 from typing import Any, Callable, NamedTuple
@@ -271,66 +270,64 @@ def run_steps(
     interrupted = False
     # The first Ctrl-C sets a flag read after each chunk (inference.interrupt: a raised
     # KeyboardInterrupt can be lost in a callback); the second raises, to stop waiting.
-    signals = contextlib.ExitStack()
-    pressed = signals.enter_context(interrupt.deferred())
-    try:
-        for c in range(n_chunks):
-            interrupt.check(pressed)  # a Ctrl-C between chunks: stop before the next
-            done_chunk, ctrl_c = _to_the_end(fast, state, starts[c], end, key, data)
-            ctrl_c = ctrl_c or pressed()
-            pending = (c, done_chunk)
-            new_state, outputs, ok = done_chunk
-            if not bool(ok):  # one host sync per chunk
-                pending = None
-                # Replay from the chunk before (if any) with the guarded step, so that the
-                # state one step before the bad one is known even when the bad step is the
-                # chunk's first.
-                first_replayed = max(c - 1, 0)
-                carry = guard_carry(previous if c > 0 else state)
-                del chunks[first_replayed:]
-                replay = compiled_guarded()
-                for r in range(first_replayed, c + 1):
-                    carry, outputs = replay(carry, starts[r], end, key, data)
-                    chunks.append(outputs)
+    with interrupt.deferred() as pressed:
+        try:
+            for c in range(n_chunks):
+                interrupt.check(pressed)  # a Ctrl-C between chunks: stop before the next
+                done_chunk, ctrl_c = _to_the_end(fast, state, starts[c], end, key, data)
+                ctrl_c = ctrl_c or pressed()
+                pending = (c, done_chunk)
+                new_state, outputs, ok = done_chunk
+                if not bool(ok):  # one host sync per chunk
+                    pending = None
+                    # Replay from the chunk before (if any) with the guarded step, so that the
+                    # state one step before the bad one is known even when the bad step is the
+                    # chunk's first.
+                    first_replayed = max(c - 1, 0)
+                    carry = guard_carry(previous if c > 0 else state)
+                    del chunks[first_replayed:]
+                    replay = compiled_guarded()
+                    for r in range(first_replayed, c + 1):
+                        carry, outputs = replay(carry, starts[r], end, key, data)
+                        chunks.append(outputs)
+                        if int(carry[2]) >= 0:
+                            break
                     if int(carry[2]) >= 0:
+                        stopped = Stopped(int(carry[2]), np.asarray(carry[3]), carry[0], carry[1])
                         break
-                if int(carry[2]) >= 0:
-                    stopped = Stopped(int(carry[2]), np.asarray(carry[3]), carry[0], carry[1])
-                    break
-                # The guarded replay found every step finite (the two programs may round
-                # differently): carry on from its state.
-                new_state = carry[0]
-            else:
-                chunks.append(outputs)
-            committed = (c + 1, new_state)
-            pending = None
-            previous, state = state, new_state
-            done = min((c + 1) * chunk, steps)
-            if after_chunk is not None:
-                after_chunk(new_state, done, _joined(chunks, done))
-            if bar.enabled:
-                valid = jax.tree.map(lambda x: x[:done - c * chunk], outputs)
-                bar.update(done, postfix(valid) if postfix else {})
-            if ctrl_c:  # came during the chunk, which has been kept
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        if on_interrupt == "raise":
-            raise
-        interrupted = True
-        n_done, state = committed
-        if pending is not None and pending[0] == n_done:
-            # Ctrl-C came while the chunk in flight ran: keep it if it ended finite.
-            new_state, outputs, ok = pending[1]
-            if bool(ok):
-                del chunks[n_done:]
-                chunks.append(outputs)
-                n_done, state = n_done + 1, new_state
-        del chunks[n_done:]
-        if n_done == 0:
-            raise
-    finally:
-        signals.close()
-        bar.close()
+                    # The guarded replay found every step finite (the two programs may round
+                    # differently): carry on from its state.
+                    new_state = carry[0]
+                else:
+                    chunks.append(outputs)
+                committed = (c + 1, new_state)
+                pending = None
+                previous, state = state, new_state
+                done = min((c + 1) * chunk, steps)
+                if after_chunk is not None:
+                    after_chunk(new_state, done, _joined(chunks, done))
+                if bar.enabled:
+                    valid = jax.tree.map(lambda x: x[:done - c * chunk], outputs)
+                    bar.update(done, postfix(valid) if postfix else {})
+                if ctrl_c:  # came during the chunk, which has been kept
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if on_interrupt == "raise":
+                raise
+            interrupted = True
+            n_done, state = committed
+            if pending is not None and pending[0] == n_done:
+                # Ctrl-C came while the chunk in flight ran: keep it if it ended finite.
+                new_state, outputs, ok = pending[1]
+                if bool(ok):
+                    del chunks[n_done:]
+                    chunks.append(outputs)
+                    n_done, state = n_done + 1, new_state
+            del chunks[n_done:]
+            if n_done == 0:
+                raise
+        finally:
+            bar.close()
 
     if interrupted:
         done = min(len(chunks) * chunk, steps)

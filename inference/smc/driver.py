@@ -32,7 +32,6 @@ persistent cache and the program store keep them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -391,41 +390,39 @@ def run_smc(method: Any, model: Callable, args: tuple, kwargs: dict, *, key: jax
     size, latest, no = 1, states, jnp.asarray(False)
     # The first Ctrl-C sets a flag read after each chunk (inference.interrupt: a raised
     # KeyboardInterrupt can be lost in a callback); the second raises at once.
-    signals = contextlib.ExitStack()
-    pressed = signals.enter_context(interrupt.deferred())
-    try:
-        while not bool(np.all(np.asarray(gather(done)))):
-            interrupt.check(pressed)
-            until = stage + size
-            if checkpoint is not None:  # stop where the next checkpoint is due
-                until = min(until, (stage // every + 1) * every)
-            started = time.perf_counter()
-            latest, done, _ = chunk_c(states, as_int(until), keys, job.dyn, no)
-            # Wait for the chunk: a Ctrl-C then stops after it, not after the whole run.
+    with interrupt.deferred() as pressed:
+        try:
+            while not bool(np.all(np.asarray(gather(done)))):
+                interrupt.check(pressed)
+                until = stage + size
+                if checkpoint is not None:  # stop where the next checkpoint is due
+                    until = min(until, (stage // every + 1) * every)
+                started = time.perf_counter()
+                latest, done, _ = chunk_c(states, as_int(until), keys, job.dyn, no)
+                # Wait for the chunk: a Ctrl-C then stops after it, not after the whole run.
+                jax.block_until_ready(latest)
+                rate = (until - stage) / max(time.perf_counter() - started, 1e-6)
+                states, stage = latest, until
+                size = int(min(max(1, 2 * size), max(1, rate * CHUNK_SECONDS)))
+                all_done = bool(np.all(np.asarray(gather(done))))
+                if checkpoint is not None and (stage % every == 0 or all_done):
+                    save(states)
+                beta = float(np.min(np.asarray(gather(states.beta))))
+                bar.update(int(100 * beta), {"beta": beta})
+        except KeyboardInterrupt:
             jax.block_until_ready(latest)
-            rate = (until - stage) / max(time.perf_counter() - started, 1e-6)
-            states, stage = latest, until
-            size = int(min(max(1, 2 * size), max(1, rate * CHUNK_SECONDS)))
-            all_done = bool(np.all(np.asarray(gather(done))))
-            if checkpoint is not None and (stage % every == 0 or all_done):
+            states = latest
+            if checkpoint is not None:
                 save(states)
-            beta = float(np.min(np.asarray(gather(states.beta))))
-            bar.update(int(100 * beta), {"beta": beta})
-    except KeyboardInterrupt:
-        jax.block_until_ready(latest)
-        states = latest
-        if checkpoint is not None:
-            save(states)
-        raise KeyboardInterrupt(
-            f"SMC was interrupted ({_where(states)}); tempering has no posterior draws "
-            "before the inverse temperature reaches 1, so nothing is returned. "
-            + (f"The checkpoint {os.fspath(checkpoint)!r} holds this state: the same infer "
-               "call resumes from it." if checkpoint is not None else
-               "To be able to resume an interrupted run, pass checkpoint='smc.npz' to infer "
-               "(the same call again then resumes it).")) from None
-    finally:
-        signals.close()
-        bar.close()
+            raise KeyboardInterrupt(
+                f"SMC was interrupted ({_where(states)}); tempering has no posterior draws "
+                "before the inverse temperature reaches 1, so nothing is returned. "
+                + (f"The checkpoint {os.fspath(checkpoint)!r} holds this state: the same infer "
+                   "call resumes from it." if checkpoint is not None else
+                   "To be able to resume an interrupted run, pass checkpoint='smc.npz' to infer "
+                   "(the same call again then resumes it).")) from None
+        finally:
+            bar.close()
     samples, stats, tuning = gather(finish_c(states, keys, job.dyn))
     jax.block_until_ready((samples, stats, tuning))
     t_end = time.perf_counter()
