@@ -425,13 +425,15 @@ def minimize(
     label: str = "train",
     program_key: tuple | None = None,
     advice: str = "check the data (finite, of moderate scale)",
+    on_interrupt: str = "warn",
 ) -> FitResult:
     """Minimize ``loss(params, key, data)`` with ``optimizer`` by :func:`run_steps`.
 
     Step ``i`` gets ``fold_in(key, i)``. Raises :class:`NonFiniteError` naming the parameter
     leaf (``params['w']``) at the first step whose loss, gradient or update is not finite,
     with the last good params and optimizer state. Ctrl-C returns the parameters reached
-    (``interrupted=True``, with a warning).
+    (``interrupted=True``, with a warning); ``on_interrupt`` is :func:`run_steps`'s (``"raise"``
+    for a caller that stops its whole run).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -446,7 +448,7 @@ def minimize(
     trained = run_steps(
         step, (params, optimizer.init(params)), steps=steps, key=key, data=data,
         updates=updates, progress=progress, label=label, program_key=program_key,
-        postfix=lambda values: {"loss": float(jnp.mean(values))},
+        postfix=lambda values: {"loss": float(jnp.mean(values))}, on_interrupt=on_interrupt,
     )
     if trained.stopped is not None:
         raise non_finite_error(label, trained.stopped, trained.outputs, names, advice=advice)

@@ -1,5 +1,7 @@
 """Learned's IRMH chains run like every MCMC method's: in chunks, Ctrl-C returns the draws so
-far, ``result.extend(n)`` continues them with the same fitted proposal.
+far, ``result.extend(n)`` continues them with the same fitted proposal, ``checkpoint=``
+resumes them after a crash; a Ctrl-C before there is a proposal (source run, flow fit)
+stops the call, and a checkpointed source run resumes from its own file.
 
 The proposal is fitted to fixed draws (an array source, 50 steps of a one-layer flow): the
 fit is deterministic for a key, so two runs with the same key have the same proposal and
@@ -18,7 +20,8 @@ import numpyro.distributions as dist
 import pytest
 
 import inference
-from inference import chains
+from inference import chains, training
+from inference.learned.method import source_checkpoint
 from test_recoverable import StopAt, infer_with
 
 W, S, C = 10, 20, 2
@@ -77,6 +80,72 @@ def test_a_loaded_result_says_how_to_draw_more(base, tmp_path):
                                  method=METHOD)
     with pytest.raises(ValueError, match=r"Learned\(flow=result.tuning\['flow'\]"):
         loaded.extend(S)
+
+
+def test_a_crashed_irmh_run_resumes_from_its_checkpoint(base, tmp_path, monkeypatch):
+    # The rerun fits the same flow (same key, same draws) and resumes the chains from the
+    # file: the draws of the uninterrupted run, bit for bit. A flow fitted otherwise is
+    # another proposal, baked into the programs: refused by the file's fingerprint.
+    path = tmp_path / "learned.npz"
+    monkeypatch.setattr(chains, "ProgressBar", StopAt(W + 10, RuntimeError("crash")))
+    with pytest.raises(RuntimeError, match="crash"):
+        run(checkpoint=path, checkpoint_every=5)
+    monkeypatch.undo()
+    assert path.exists() and not (tmp_path / "learned.source.npz").exists()  # no source run
+    other = dataclasses.replace(METHOD, steps=51)
+    with pytest.raises(ValueError, match="differs in"):
+        run(method=other, checkpoint=path, checkpoint_every=5)
+    same_chains(run(checkpoint=path, checkpoint_every=5), base)
+
+
+def test_ctrl_c_during_the_flow_fit_stops_the_call(monkeypatch):
+    # A flow fitted part way is no proposal to draw with: the whole call stops, saying where.
+    # A Ctrl-C that comes while the fit's third chunk runs (run_steps' chunk runner reports it).
+    calls, run_chunk = [], training._to_the_end
+
+    def ctrl_c_in_third_chunk(*args):
+        calls.append(1)
+        out, ctrl_c = run_chunk(*args)
+        return out, ctrl_c or len(calls) == 3
+
+    monkeypatch.setattr(training, "_to_the_end", ctrl_c_in_third_chunk)
+    with pytest.raises(KeyboardInterrupt, match="during its flow fit: no proposal yet"):
+        run()
+    assert len(calls) == 3  # stopped there, not at the end of the fit
+
+
+def test_checkpoint_file_of_the_source_run():
+    assert source_checkpoint("runs/learned.npz") == "runs/learned.source.npz"
+    assert source_checkpoint("learned") == "learned.source"
+
+
+SOURCE = inference.Learned(source=inference.MALA(step_size=0.3, find_mode=0),
+                           flow="affine_coupling", steps=50, source_samples=30,
+                           source_warmup=0, source_chains=2,
+                           flow_options={"layers": 1, "width": 4})
+
+
+@pytest.mark.slow  # slow suite (a 5-minute default suite): source runs and fits; the IRMH checkpoint and the fit's Ctrl-C are checked above, the chains' checkpoints by test_recoverable
+def test_a_source_run_resumes_from_its_own_checkpoint_and_its_ctrl_c_stops_the_call(
+        tmp_path, monkeypatch):
+    # MALA (fixed step, no warmup, no mode search) as the source, then the fit and IRMH.
+    base = run(method=SOURCE)
+    path = tmp_path / "learned.npz"
+    # A crash in the source's chains (the first bar that reaches 12 steps is the source's):
+    # its file is there, the chains' not yet; the same call again gives the same draws.
+    monkeypatch.setattr(chains, "ProgressBar", StopAt(12, RuntimeError("crash")))
+    with pytest.raises(RuntimeError, match="crash"):
+        run(method=SOURCE, checkpoint=path, checkpoint_every=4)
+    monkeypatch.undo()
+    assert (tmp_path / "learned.source.npz").exists() and not path.exists()
+    resumed = run(method=SOURCE, checkpoint=path, checkpoint_every=4)
+    same_chains(resumed, base)
+    np.testing.assert_array_equal(np.asarray(resumed.tuning["source"].samples["mu"]),
+                                  np.asarray(base.tuning["source"].samples["mu"]))
+    # Ctrl-C in the source run: no proposal, so the call stops (not a fit to part of it).
+    monkeypatch.setattr(chains, "ProgressBar", StopAt(12, KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt, match=r"during its source run \(MALA\)"):
+        run(method=SOURCE)
 
 
 @pytest.mark.slow  # slow suite (a 5-minute default suite): a source run and a fit; init_params themselves are checked by test_recoverable and test_gibbs_recover

@@ -39,6 +39,7 @@ def train(
     sigma: float | None = None,
     progress: bool | ProgressBar = False,
     updates: int = 20,
+    on_interrupt: str = "warn",
 ) -> TrainResult:
     """Train the velocity field ``v`` (an Equinox module) on :func:`cfm_loss`.
 
@@ -56,6 +57,8 @@ def train(
         path, sigma: the probability path of :func:`cfm_loss`.
         progress: show a progress bar (or a :class:`~inference.progress.ProgressBar`).
         updates: how many host round trips (bar updates, finiteness checks) per run.
+        on_interrupt: what Ctrl-C does (:func:`inference.training.run_steps`): return the
+            field reached with a warning (``"warn"``), or propagate (``"raise"``).
 
     Returns:
         :class:`TrainResult` ``(field, losses)``, ``losses`` of shape ``(steps,)``.
@@ -137,6 +140,6 @@ def train(
     # The one training loop (inference.training): chunked, guarded, with the bar.
     result = minimize(loss_fn, params, optimizer=optimizer, steps=steps, key=key,
                       data=(data_arr, x0_arr), updates=updates, progress=progress,
-                      label="flow matching",
+                      label="flow matching", on_interrupt=on_interrupt,
                       advice="check the data (finite, of moderate scale)")
     return TrainResult(eqx.combine(result.params, static), result.values)

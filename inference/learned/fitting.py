@@ -63,6 +63,7 @@ def fit_flow_to_draws(
     flow_options: dict | None = None,
     validation: float = 0.1,
     progress: bool = False,
+    on_interrupt: str = "warn",
 ) -> FittedFlow:
     """Fit a normalizing flow to draws by maximum likelihood (minibatch Adam on ``-log q``).
 
@@ -89,6 +90,9 @@ def fit_flow_to_draws(
             overfitted proposal has light tails between the draws). 0 trains on all draws
             and keeps the last weights.
         progress: show a progress bar.
+        on_interrupt: what Ctrl-C does (:func:`inference.training.run_steps`): return the
+            flow reached with a warning (``"warn"``), or propagate (``"raise"``, as
+            :class:`Learned` does: a flow fitted part way is no proposal to sample with).
 
     Returns:
         :class:`FittedFlow` ``(flow, losses, val_losses, best_step)``.
@@ -179,7 +183,8 @@ def fit_flow_to_draws(
     # The one training loop (inference.training): chunked, guarded, with the bar.
     trained = run_steps(step, (theta0, optimizer.init(theta0), best), steps=steps, key=k_fit,
                         data=(y, y_val), progress=progress, label="flow fit",
-                        postfix=lambda losses: {"nll": float(jnp.mean(losses))})
+                        postfix=lambda losses: {"nll": float(jnp.mean(losses))},
+                        on_interrupt=on_interrupt)
     if trained.stopped is not None:
         stopped = trained.stopped
         raise non_finite_error(
@@ -221,6 +226,7 @@ def fit_flow_matching_to_draws(
     density: str | None = "jacobian",
     path: str = "straight",
     progress: bool = False,
+    on_interrupt: str = "warn",
 ) -> FittedFlowMatching:
     """Train a flow-matching field on (whitened) draws: a sampler from ``N(0, I)`` by its ODE.
 
@@ -228,7 +234,8 @@ def fit_flow_matching_to_draws(
     ``time_frequencies``) is trained with :func:`inference.flow_matching.train` (``path``,
     ``steps``, ``batch_size``, ``optimizer``) on the draws whitened as in
     :func:`fit_flow_to_draws`; the result samples with ``ode_steps`` steps of ``ode_method``
-    and has the density ``density`` (see :class:`FlowMatchingSampler`).
+    and has the density ``density`` (see :class:`FlowMatchingSampler`). ``on_interrupt``:
+    what Ctrl-C does, as in :func:`fit_flow_to_draws`.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -253,7 +260,7 @@ def fit_flow_matching_to_draws(
     if optimizer is None:
         optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, steps, alpha=0.05))
     result = fm.train(v, k_fit, y, steps=steps, batch_size=batch_size, optimizer=optimizer,
-                      path=path, progress=progress)
+                      path=path, progress=progress, on_interrupt=on_interrupt)
     return FittedFlowMatching(
         FlowMatchingSampler(result.field, x.shape[1], ode_steps, ode_method, density, loc, tril),
         result.losses)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
 from ppl.tracing import trace_model
 
-__all__ = ["Learned"]
+__all__ = ["Learned", "source_checkpoint"]
 
 
 def _is_method(obj: Any) -> bool:
@@ -64,8 +65,16 @@ class Learned(Method):
        The IRMH chains run in chunks as every MCMC method's (:mod:`inference.chains`):
        Ctrl-C returns the draws so far, and ``result.extend(n)`` continues them with the
        same proposal (in the same session: the proposal is not written to files).
+       A Ctrl-C while the source runs or the flow is fitted stops the whole call
+       (``KeyboardInterrupt``): there is no proposal to draw with yet.
 
     ``init_params`` (of ``infer``) starts the chains of a source method that takes them.
+    ``checkpoint="run.npz"`` (of ``infer``, with ``checkpoint_every``) writes the IRMH
+    chains' state to that file and a source run's to ``run.source.npz`` (when the source
+    method takes checkpoints); after a crash or a Ctrl-C the same call again resumes the
+    source from its file, fits the same flow again (the same key fits the same flow; the
+    file holds a digest of the proposal, and a different one is refused) and resumes the
+    chains: the draws are those of an uninterrupted run, bit for bit.
 
     ``steps``, ``batch_size``, ``optimizer``, ``standardize``, ``validation`` (held-out
     fraction for early stopping; normalizing flows only) go to the fit; ``base_scale``
@@ -124,8 +133,9 @@ class Learned(Method):
     #: Its density is ``ppl.potential``'s: enumerated discrete sites are summed out (infer).
     sums_out_enumerated: ClassVar[bool] = True
     splits_devices: ClassVar[bool] = False
-    #: ``init_params`` starts the chains of its source method (one that takes them).
-    options: ClassVar[frozenset] = frozenset({"init_params"})
+    #: ``init_params`` starts the chains of its source method (one that takes them);
+    #: ``checkpoint`` covers the IRMH chains and a source run (see the class docstring).
+    options: ClassVar[frozenset] = frozenset({"init_params", "checkpoint", "checkpoint_every"})
 
     def __post_init__(self):
         from inference.methods.nuts import NUTS
@@ -229,11 +239,27 @@ class Learned(Method):
                     f"{type(source).__name__}; use a source that sums them out, such as "
                     "NUTS().")
         # The source runs through the same protocol as any method infer runs.
+        path = (source_checkpoint(request.checkpoint)
+                if request.checkpoint is not None and "checkpoint" in source.options else None)
         sub = Request(key=request.key, num_samples=self.source_samples,
                       num_warmup=self.source_warmup, num_chains=self.source_chains,
                       progress=request.progress, trace=request.trace,
-                      init_params=request.init_params)
-        samples, stats, tuning, timing = source.run(model, args, kwargs, sub)
+                      init_params=request.init_params, checkpoint=path,
+                      checkpoint_every=request.checkpoint_every if path else None)
+        with warnings.catch_warnings():
+            # An interrupted source says "returning the draws so far"; Learned stops instead.
+            warnings.filterwarnings("ignore", message=r".*interrupted \(KeyboardInterrupt\)")
+            out = source.run(model, args, kwargs, sub)
+        samples, stats, tuning, timing = out
+        state = getattr(out, "state", None)
+        fit_steps = (tuning or {}).get("fit_steps") if isinstance(source, VI) else None
+        if ((state is not None and state.interrupted)
+                or (fit_steps is not None and fit_steps < source.steps)):
+            raise KeyboardInterrupt(
+                f"Learned was interrupted during its source run ({type(source).__name__}): "
+                "no proposal yet, so no draws"
+                + (f"; the same call again resumes the source from {path!r}" if path else
+                   "; pass checkpoint='run.npz' to infer to be able to resume it"))
         result = Result(samples=dict(samples), stats=stats, method=source, tuning=tuning,
                         timing=timing, model=model, model_args=tuple(args),
                         model_kwargs=dict(kwargs))
@@ -241,18 +267,26 @@ class Learned(Method):
             return None, result, flow_from_vi(result)
         return _draws_for(pot, result.samples, "Learned(source)"), result, None
 
-    def _fit(self, draws, key, progress):
-        if self.flow in FLOW_MATCHING_NAMES:
-            options = dict(self.flow_options or {})
-            r = fit_flow_matching_to_draws(
-                draws, key=key, steps=self.steps, batch_size=self.batch_size,
-                optimizer=self.optimizer, standardize=self.standardize, progress=progress,
-                **options)
-        else:
-            r = fit_flow_to_draws(draws, self.flow, key=key, steps=self.steps,
-                                  batch_size=self.batch_size, optimizer=self.optimizer,
-                                  standardize=self.standardize, flow_options=self.flow_options,
-                                  validation=self.validation, progress=progress)
+    def _fit(self, draws, key, progress, checkpoint):
+        try:
+            if self.flow in FLOW_MATCHING_NAMES:
+                options = dict(self.flow_options or {})
+                r = fit_flow_matching_to_draws(
+                    draws, key=key, steps=self.steps, batch_size=self.batch_size,
+                    optimizer=self.optimizer, standardize=self.standardize, progress=progress,
+                    on_interrupt="raise", **options)
+            else:
+                r = fit_flow_to_draws(draws, self.flow, key=key, steps=self.steps,
+                                      batch_size=self.batch_size, optimizer=self.optimizer,
+                                      standardize=self.standardize,
+                                      flow_options=self.flow_options,
+                                      validation=self.validation, progress=progress,
+                                      on_interrupt="raise")
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                "Learned was interrupted during its flow fit: no proposal yet, so no draws"
+                + ("; the same call again resumes the source from its checkpoint and fits "
+                   "the flow again" if checkpoint is not None else "")) from None
         return r.flow, r.losses
 
     # -- the infer hook ----------------------------------------------------------------
@@ -271,6 +305,14 @@ class Learned(Method):
                 f"Learned: init_params starts the chains of its source method, and {what} "
                 "has none that take them; drop init_params, or use a source method that "
                 "takes them (e.g. Learned(source=inference.NUTS())).")
+        if request.checkpoint is not None and self.correct is None and not (
+                runs_source and "checkpoint" in self.source.options):
+            raise TypeError(
+                "Learned: checkpoint= writes the state of the IRMH chains (correct='irmh') "
+                "and of a source run, and this Learned has neither (correct=None draws "
+                "i.i.d. from " + ("a fitted flow" if not runs_source else
+                                  f"a flow fitted to {type(self.source).__name__}'s draws, "
+                                  "which takes no checkpoints") + "); drop checkpoint.")
         pot = make_potential(model, *args, **kwargs)
         k_src, k_fit, k_run = jax.random.split(request.key, 3)
         timing: dict[str, float] = {}
@@ -286,7 +328,7 @@ class Learned(Method):
             if vi_flow is not None:
                 proposal, losses = vi_flow, source_result.tuning.get("objective")
             else:
-                proposal, losses = self._fit(draws, k_fit, progress)
+                proposal, losses = self._fit(draws, k_fit, progress, request.checkpoint)
             timing["fit"] = time.perf_counter() - t1
             tuning["flow_losses"] = losses
         else:
@@ -311,7 +353,9 @@ class Learned(Method):
             # IRMH chains, run in chunks like every MCMC method's (Ctrl-C, extend).
             out = run_chains(self, model, args, kwargs, key=k_run, num_warmup=num_warmup,
                              num_samples=num_samples, num_chains=num_chains,
-                             progress=progress, target=IRMHTarget(pot, proposal=proposal))
+                             progress=progress, target=IRMHTarget(pot, proposal=proposal),
+                             checkpoint=request.checkpoint,
+                             checkpoint_every=request.checkpoint_every)
             samples, stats, state = out[0], out[1], out.state
             state.context = proposal
             log_w = stats["proposal_log_weight"]
@@ -359,6 +403,18 @@ class Learned(Method):
         out.state.context = proposal
         out[2].update(self._importance(out[1]["proposal_log_weight"]))
         return out
+
+
+def source_checkpoint(path: str | os.PathLike) -> str:
+    """The file a :class:`Learned` run writes its source run's checkpoint to, beside
+    ``path`` (its IRMH chains').
+
+    Example:
+        >>> source_checkpoint("runs/learned.npz")
+        'runs/learned.source.npz'
+    """
+    root, ext = os.path.splitext(os.fspath(path))
+    return f"{root}.source{ext}"
 
 
 def _count_gradients(stats: dict, source_result: Any) -> tuple[dict, float, float]:
