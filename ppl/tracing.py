@@ -236,9 +236,26 @@ def trace_model(
         )
         raise ModelError(
             f"model {model_name(model)} failed {where}: {type(err).__name__}: {err}"
+            + _data_dict_hint(model, args)
         ) from err
     check_observed_shapes(trace, model, bound)
     return trace
+
+
+def _data_dict_hint(model: Callable, args: tuple) -> str:
+    """A hint when a positional argument is a dict whose keys are all keyword parameters of
+    the model: the data were passed as one argument (``infer(model, data)``, or
+    ``infer(*posteriordb.load(name))``) instead of unpacked (``infer(model, **data)``)."""
+    try:
+        params = inspect.signature(model).parameters
+    except (TypeError, ValueError):
+        return ""
+    for i, a in enumerate(args):
+        if isinstance(a, dict) and a and all(isinstance(k, str) and k in params for k in a):
+            return (f" (positional argument {i} is a dict whose keys {sorted(a)} are the "
+                    "model's parameter names: pass it unpacked, as **data, e.g. "
+                    "infer(model, **data))")
+    return ""
 
 
 def latent_sites(trace: dict) -> OrderedDict:

@@ -191,3 +191,26 @@ def test_params_supplied_by_a_handler_are_not_free():
     assert free_param_sites(trace_model(fixed, y=Y_PARAM)) == []
     fitted = ppl.with_params(_with_param, {"m": jnp.float32(1.5)})
     assert free_param_sites(trace_model(fitted, y=Y_PARAM)) == []
+
+
+def test_a_data_dict_passed_as_one_argument_gets_a_hint_to_unpack_it():
+    # posteriordb.load returns (model, data); infer(*posteriordb.load(name)) passes the dict
+    # as the model's first argument, and the model fails somewhere inside: say what to do.
+    import numpyro
+    import numpyro.distributions as dist
+
+    from ppl.errors import ModelError
+    from ppl.tracing import trace_model
+
+    def model(T, y=None):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("t", int(T)):
+            numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    data = {"T": 3, "y": [0.1, 0.2, 0.3]}
+    with pytest.raises(ModelError, match=r"is a dict whose keys \['T', 'y'\] are the model's "
+                                         r"parameter names: pass it unpacked, as \*\*data"):
+        trace_model(model, data)
+    with pytest.raises(ModelError) as info:  # another failure: no such hint
+        trace_model(model, "three")
+    assert "unpacked" not in str(info.value)

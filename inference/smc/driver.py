@@ -91,7 +91,12 @@ class _Job:
                 stacklevel=warn_level,
             )
         try:
-            u0 = _prior_draw(model, args, kwargs, sites, jax.random.key(0))
+            # Traced, not run op by op: a prior draw far in the tails can overflow the model's
+            # arithmetic (ARMA's recursion in float32), and NumPyro's argument checks would
+            # then raise on the observed sites' distributions; here only shapes matter, and
+            # the particles' non-finite likelihoods are the tempering's (and its checks') to see.
+            u0 = jax.jit(functools.partial(_prior_draw, model, args, kwargs, sites))(
+                jax.random.key(0))
         except NotImplementedError:
             improper = [name for name, s in latent_sites(self.trace).items()
                         if "Improper" in type(s["fn"]).__name__]
