@@ -2,6 +2,9 @@
 
 :func:`diagnose` returns one message per problem found (an empty list when none):
 
+* **Non-finite draws** (NaN or infinite) of any site, in any chain: the sampler diverged
+  (an unadjusted method's step too large for where the chain went, or the model's
+  arithmetic overflowed there); means, R-hat and ESS of such draws mean nothing.
 * **R-hat** above 1.01 (Vehtari et al. 2021: the larger of the rank-normalized split R-hat
   of the draws and of their folded values ``|x - median|``): the chains disagree.
 * **Bulk ESS** below 100 per chain (rank-normalized split chains): too few effective
@@ -142,8 +145,18 @@ def _worst(values: list[tuple[float, str]], largest: bool) -> str:
 
 def check_draws(samples: dict[str, Any], stats: dict[str, Any], num_chains: int,
                 markov_chains: bool = True) -> list[str]:
-    """The messages for draws ``samples`` (site -> (chains, draws, ...)) and ``stats``."""
+    """The messages for draws ``samples`` (site -> (chains, draws, ...)) and ``stats``.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(2, 200))
+        >>> x[1, 50:] = np.nan
+        >>> check_draws({"x": x}, {}, num_chains=2)[0][:58]
+        'non-finite draws (NaN or inf) in chain 1, from draw 50 on:'
+    """
     messages = []
+    message = _non_finite(samples)
+    if message:
+        messages.append(message)
     num_draws = min((np.shape(v)[1] for v in samples.values() if np.ndim(v) >= 2), default=0)
     if markov_chains and num_draws >= 4:
         high, low = [], []
@@ -192,6 +205,36 @@ def check_draws(samples: dict[str, Any], stats: dict[str, Any], num_chains: int,
                 f"E-BFMI below {EBFMI_MIN} in {_worst(bad, False)}: the momentum resampling "
                 "explores the energy levels poorly (heavy tails or a funnel); reparameterise.")
     return messages
+
+
+def _non_finite(samples: dict[str, Any]) -> str | None:
+    """The message for sites with non-finite draws: which chains, from which draw, which
+    sites (or ``None``)."""
+    first: dict[int, int] = {}  # chain -> first draw with a non-finite value
+    sites = []
+    for name, value in samples.items():
+        x = np.asarray(value)
+        if x.ndim < 2 or not np.issubdtype(x.dtype, np.inexact):
+            continue
+        bad = ~np.isfinite(x.reshape(x.shape[0], x.shape[1], -1)).all(axis=2)
+        if bad.any():
+            sites.append(name)
+            for c in np.flatnonzero(bad.any(axis=1)):
+                d = int(np.argmax(bad[c]))
+                first[int(c)] = min(d, first.get(int(c), d))
+    if not sites:
+        return None
+    chains = sorted(first)
+    where = ", ".join(f"chain {c}, from draw {first[c]} on" for c in chains[:_SHOWN])
+    shown = ", ".join(repr(n) for n in sites[:_SHOWN])
+    more = len(sites) - _SHOWN
+    return (f"non-finite draws (NaN or inf) in {where}"
+            + (f" and {len(chains) - _SHOWN} more chains" if len(chains) > _SHOWN else "")
+            + f": site(s) {shown}" + (f" and {more} more" if more > 0 else "")
+            + ". The sampler diverged there (an unadjusted method's step too large where the "
+            "chain went, or the model's arithmetic overflowing): its draws, means, R-hat and "
+            "ESS mean nothing. Use an adjusted method (MALA, NUTS) or a smaller step size, "
+            "or look at the model where the chain went (result.samples of those chains).")
 
 
 def diagnose(result: Any) -> list[str]:
