@@ -82,6 +82,7 @@ def test_a_loaded_result_says_how_to_draw_more(base, tmp_path):
         loaded.extend(S)
 
 
+@pytest.mark.slow  # slow suite (a 5-minute default suite): three fits and runs, ~9 s; the chains' checkpoints are checked by test_recoverable, the option's refusal without chains there too
 def test_a_crashed_irmh_run_resumes_from_its_checkpoint(base, tmp_path, monkeypatch):
     # The rerun fits the same flow (same key, same draws) and resumes the chains from the
     # file: the draws of the uninterrupted run, bit for bit. A flow fitted otherwise is
