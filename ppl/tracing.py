@@ -294,3 +294,28 @@ def discrete_latent_sites(trace: dict) -> list[str]:
     return [
         name for name, site in latent_sites(trace).items() if site["fn"].support.is_discrete
     ]
+
+
+def unsampleable_sites(trace: dict) -> dict[str, str]:
+    """The latent sites of ``trace`` whose prior cannot be sampled, with why: an improper
+    prior (NumPyro raises ``NotImplementedError``), or a sampler that needs a package that
+    is not installed (NumPyro's ``icdf`` of a ``StudentT``, behind a truncated one, needs
+    ``tensorflow_probability``). Methods that start from prior draws (SMC) or simulate from
+    the prior (SBC) name these sites in their errors.
+
+    Example:
+        >>> import numpyro, numpyro.distributions as dist
+        >>> def model():
+        ...     numpyro.sample("flat", dist.ImproperUniform(dist.constraints.real, (), ()))
+        ...     numpyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> list(unsampleable_sites(trace_model(model)))
+        ['flat']
+    """
+    out = {}
+    for name, site in latent_sites(trace).items():
+        fn = site["fn"]
+        try:
+            jax.eval_shape(fn.sample, jax.random.key(0))
+        except (NotImplementedError, ImportError) as err:
+            out[name] = f"{type(fn).__name__}: {err or type(err).__name__}"
+    return out

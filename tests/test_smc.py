@@ -381,6 +381,20 @@ def test_bad_infer_inputs():
     with pytest.raises(ModelError, match="cannot be sampled.*'x'.*proper prior"):
         inference.infer(improper, y=1.0, method=SMC(num_particles=20), num_samples=10,
                         num_chains=1, progress=False)
+
+    def truncated_t(y=None):
+        # posteriordb's diamonds: NumPyro samples a truncated StudentT by its icdf, which
+        # needs tensorflow_probability; without it, NumPyro's bare ImportError named no site.
+        s = numpyro.sample("s", dist.TruncatedDistribution(dist.StudentT(3.0, 0.0, 1.0), low=0.0))
+        numpyro.sample("y", dist.Normal(0.0, s), obs=y)
+
+    try:
+        import tensorflow_probability  # noqa: F401
+    except ImportError:
+        with pytest.raises(ModelError, match=r"cannot be sampled here \('s': "
+                                             r"\w*TruncatedDistribution.*tensorflow_probability"):
+            inference.infer(truncated_t, y=1.0, method=SMC(num_particles=20), num_samples=10,
+                            num_chains=1, progress=False)
     with pytest.raises(ValueError, match="raise num_particles"):
         inference.infer(scale_model, y=jnp.asarray(YS), method=SMC(num_particles=100),
                         num_samples=200, num_chains=1, progress=False)

@@ -57,7 +57,7 @@ from inference.sharding import (AXIS, constrain_leading, describe, gather, mesh_
 from inference.smc.checks import cpu_mesh_without_lapack, raise_if_no_likelihood
 from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
-from ppl.tracing import latent_sites, model_name, trace_model
+from ppl.tracing import model_name, trace_model, unsampleable_sites
 
 from inference.smc.model import _lapack_in_smc, _model_terms, _prior_draw, _split_potential
 from inference.smc.tempering import TemperingState, _check_schedule as _schedule, tempering
@@ -97,14 +97,15 @@ class _Job:
             # the particles' non-finite likelihoods are the tempering's (and its checks') to see.
             u0 = jax.jit(functools.partial(_prior_draw, model, args, kwargs, sites))(
                 jax.random.key(0))
-        except NotImplementedError:
-            improper = [name for name, s in latent_sites(self.trace).items()
-                        if "Improper" in type(s["fn"]).__name__]
+        except (NotImplementedError, ImportError) as err:
+            bad = unsampleable_sites(self.trace)
+            why = "; ".join(f"{n!r}: {r}" for n, r in bad.items()) or f"{err}"
             raise ModelError(
-                f"SMC: model {model_name(model)} has a prior that cannot be sampled"
-                + (f" (site(s) {improper})" if improper else "")
-                + "; SMC starts from prior draws, so every latent site needs a proper prior "
-                "with a sampler. Use a proper prior or a method such as NUTS."
+                f"SMC: model {model_name(model)} has a prior that cannot be sampled here "
+                f"({why}). SMC starts from prior draws, so every latent site needs a proper "
+                "prior with a sampler (and the package it needs). Use a proper prior, install "
+                "the missing package, or use a method that does not draw from the prior, "
+                "such as NUTS."
             ) from None
         if num_chains > 1:
             chain_mesh, particle_mesh = mesh_for(devices, num_chains, what="chains",
