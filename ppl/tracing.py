@@ -14,7 +14,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 from numpyro import handlers
+from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.primitives import Messenger
 
@@ -318,4 +320,80 @@ def unsampleable_sites(trace: dict) -> dict[str, str]:
             jax.eval_shape(fn.sample, jax.random.key(0))
         except (NotImplementedError, ImportError) as err:
             out[name] = f"{type(fn).__name__}: {err or type(err).__name__}"
+    return out
+
+
+def _constraint_values(c: Any) -> list:
+    """The numbers a constraint holds (bounds, ...), its nested constraints' included."""
+    out = []
+    for value in vars(c).values():
+        if isinstance(value, constraints.Constraint):
+            out.extend(_constraint_values(value))
+        elif isinstance(value, (int, float, np.ndarray, jax.Array)) and not isinstance(value, bool):
+            out.append(value)
+    return out
+
+
+def _trace_at(model: Callable, args: tuple, kwargs: dict, level: float) -> dict:
+    """The model's trace with every continuous latent site at ``level`` on its unconstrained
+    scale (discrete ones a fixed prior draw), blocked from enclosing handlers, without
+    NumPyro's argument checks (a point far from the data may overflow the model)."""
+
+    def at_level(msg: dict) -> Any:
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return None
+        fn, sample_shape = msg["fn"], msg["kwargs"].get("sample_shape", ())
+        if fn.support.is_discrete:
+            return fn.sample(jax.random.key(0), sample_shape)
+        t = biject_to(fn.support)
+        return t(jnp.full(t.inverse_shape(fn.shape(sample_shape)), level))
+
+    with handlers.block(), numpyro.validation_enabled(False):
+        with handlers.trace() as trace, handlers.seed(rng_seed=0), \
+                handlers.substitute(substitute_fn=at_level):
+            model(*args, **kwargs)
+    return trace
+
+
+def dependent_supports(model: Callable, *args: Any, **kwargs: Any) -> dict[str, str]:
+    """The latent sites whose support depends on other sites' values (``beta ~
+    Uniform(0, 1 - alpha)``), each with its support at two points.
+
+    A guide or flow that maps an unconstrained space onto each site's support with one fixed
+    transform cannot follow such a support: it would leave out part of it (a silently
+    truncated posterior) or put mass where the density is 0. Those methods refuse such
+    models by name; NUTS and the Langevin methods follow the support (NumPyro's
+    ``constrain_fn`` runs the model at each point). The model runs twice, at two points
+    of its unconstrained space; with traced (abstract) arguments, or a model that fails at
+    those points, nothing is found.
+
+    Example:
+        >>> import numpyro, numpyro.distributions as dist
+        >>> def model():
+        ...     a = numpyro.sample("a", dist.Beta(1.0, 2.0))
+        ...     numpyro.sample("b", dist.Uniform(0.0, 1.0 - a))
+        >>> list(dependent_supports(model))
+        ['b']
+    """
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kwargs))):
+        return {}
+    try:
+        first, second = (_trace_at(model, args, kwargs, level) for level in (0.0, 0.75))
+    except Exception:  # a model that cannot run at those points: nothing found  # noqa: BLE001
+        return {}
+    out = {}
+    for name, site in latent_sites(first).items():
+        other = second.get(name)
+        if other is None or site["fn"].support.is_discrete:
+            continue
+        a, b = site["fn"].support, other["fn"].support
+        va, vb = _constraint_values(a), _constraint_values(b)
+        try:
+            same = type(a) is type(b) and len(va) == len(vb) and all(
+                np.shape(x) == np.shape(y) and np.allclose(np.asarray(x), np.asarray(y))
+                for x, y in zip(va, vb))
+        except Exception:  # abstract values (a model that closes over traced data)  # noqa: BLE001
+            continue
+        if not same:
+            out[name] = f"{a!r} at one point, {b!r} at another"
     return out

@@ -52,7 +52,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import ReshapeTransform, biject_to
 
 from ppl.errors import ModelError
-from ppl.tracing import model_name
+from ppl.tracing import dependent_supports, model_name
 
 __all__ = ["normal", "mvn", "flow", "latent_site_info", "SiteInfo", "FlowDistribution"]
 
@@ -104,8 +104,9 @@ def latent_site_info(model: Callable, *args: Any, **kwargs: Any) -> OrderedDict[
 
     The model runs once with each latent site at the zero of its unconstrained space, inside
     ``handlers.block`` so that enclosing handlers (an objective's, a trace's) never see it.
-    A discrete latent site, or a latent site inside a subsampled plate (whose guide
-    parameters would need the full data size), is a :class:`ppl.ModelError` naming it.
+    A discrete latent site, a latent site inside a subsampled plate (whose guide
+    parameters would need the full data size), or one whose support depends on other
+    sites (:func:`ppl.tracing.dependent_supports`) is a :class:`ppl.ModelError` naming it.
 
     Example:
         >>> import numpyro, numpyro.distributions as dist
@@ -144,6 +145,17 @@ def latent_site_info(model: Callable, *args: Any, **kwargs: Any) -> OrderedDict[
         out[name] = SiteInfo(tuple(t.inverse_shape(jnp.shape(site["value"]))), t)
     if not out:
         raise ModelError(f"guide for model {model_name(model)}: the model has no latent sites.")
+    dependent = dependent_supports(model, *args, **kwargs)
+    if dependent:
+        raise ModelError(
+            f"guide for model {model_name(model)}: the support of latent site(s) "
+            f"{list(dependent)} depends on other sites' values ("
+            + "; ".join(f"{n!r}: {d}" for n, d in dependent.items()) + "). A guide maps "
+            "each site's unconstrained values onto one fixed support, so it would leave out "
+            "part of the posterior (silently) or put mass where the density is 0. "
+            "Reparameterise so that each support is fixed (e.g. b = (1 - a) * u with "
+            "u ~ Uniform(0, 1), and b a numpyro.deterministic site), or use NUTS, MALA or "
+            "SMC, which follow the support.")
     return out
 
 
