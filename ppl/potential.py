@@ -126,8 +126,14 @@ class Potential:
         )
 
     def to_unconstrained(self, values: dict[str, Any]) -> Position:
-        """Inverse of :meth:`to_constrained` for the latent sites (deterministic ones ignored)."""
-        return {name: self.transforms[name].inv(jnp.asarray(values[name])) for name in self.sites}
+        """Inverse of :meth:`to_constrained` for the latent sites (deterministic ones ignored).
+
+        The model runs at ``values``, so a support that depends on other sites (``b ~
+        Uniform(0, 1 - a)``) is inverted at those values, as :meth:`to_constrained` maps it.
+        """
+        latent = {name: jnp.asarray(values[name]) for name in self.sites}
+        return numpyro_util.unconstrain_fn(handlers.seed(self.model, 0), self.args,
+                                           self.kwargs, latent)
 
     def ravel(self, position: Position) -> jax.Array:
         """Flatten a position into one vector, sites in model order."""
