@@ -292,3 +292,22 @@ def test_enumerate_ignores_terms_that_do_not_depend_on_the_site():
     freq = np.asarray(r.samples["z"]).reshape(-1, 4).mean(0)
     se = np.sqrt(p * (1 - p) / 4000)
     assert np.all(np.abs(freq - p) < 4 * se + 1e-12), (freq, p, se)
+
+
+def test_a_support_that_depends_on_another_site_is_refused_by_name():
+    # Gibbs maps each continuous position onto the support found at the trace's point
+    # (here b in (0, 0.5), with a at its zero point 0.5): before this check, this run with
+    # 2 x 500 draws gave b = 0.488 (max 0.500) without a word, where the posterior of b is
+    # near 0.70 (NUTS on the same model without k: 0.700, tests/test_guides.py).
+    def model(y=None):
+        a = numpyro.sample("a", dist.Beta(1.0, 20.0))
+        b = numpyro.sample("b", dist.Uniform(0.0, 1.0 - a))
+        k = numpyro.sample("k", dist.Bernoulli(0.5))
+        numpyro.sample("y", dist.Normal(b + 0.01 * k, 0.05), obs=y)
+
+    method = Gibbs({"k": Enumerate(), ("a", "b"): functools.partial(langevin.mala,
+                                                                    step_size=0.01)})
+    with pytest.raises(ModelError, match=r"Gibbs: model model: the support of latent "
+                                         r"site\(s\) \['b'\] depends on other sites' values"):
+        inference.infer(model, y=0.7, method=method, num_samples=5, num_warmup=5,
+                        num_chains=1, progress=False)

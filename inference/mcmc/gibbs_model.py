@@ -18,7 +18,8 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import util as numpyro_util
 from numpyro.infer.initialization import init_to_uniform
 
-from ppl.tracing import latent_sites, model_name, trace_model
+from ppl.errors import ModelError
+from ppl.tracing import dependent_supports, latent_sites, model_name, trace_model
 
 __all__: list[str] = []
 
@@ -51,6 +52,18 @@ class _Model:
                 name, discrete, tuple(jnp.shape(site["value"])), tuple(fn.batch_shape),
                 tuple(fn.event_shape), None if discrete else biject_to(fn.support), fn.support, fn,
             )
+        dependent = dependent_supports(model, *args, **kwargs)
+        if dependent:
+            # The positions map onto each site's support as traced: a support that moves
+            # with other sites would be truncated without a word.
+            raise ModelError(
+                f"Gibbs: model {self.name}: the support of latent site(s) {list(dependent)} "
+                "depends on other sites' values ("
+                + "; ".join(f"{n!r}: {d}" for n, d in dependent.items()) + "); Gibbs maps "
+                "each site's unconstrained position onto one fixed support, which would "
+                "leave out part of the posterior. Reparameterise so that each support is "
+                "fixed (e.g. b = (1 - a) * u with u ~ Uniform(0, 1)), or use NUTS, MALA or "
+                "SMC (with the discrete sites enumerated), which follow the support.")
 
     @property
     def name(self) -> str:
