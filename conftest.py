@@ -21,6 +21,8 @@ Doctest collection skips module aliases, whose docstrings are collected where th
 
 import os
 
+import pytest
+
 collect_ignore = ["inference/neutra.py"]
 
 
@@ -41,3 +43,22 @@ def pytest_configure(config):
     if (markexpr == "notslow" and not os.environ.get("PPL_TEST_XLA_DEFAULT")
             and "xla_backend_optimization_level" not in flags):
         os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, drop its compiled programs (inference's cache and JAX's).
+
+    XLA's CPU runtime maps each kernel of a program into memory separately (about a thousand
+    mappings for a NUTS program). A worker that keeps every program of a few hundred tests
+    alive reaches the kernel's vm.max_map_count, and XLA then crashes it (a segmentation
+    fault or "LLVM ERROR: Unable to allocate section memory" while compiling). The library
+    bounds its own cache by mappings; the tests also hold programs outside it.
+    """
+    yield
+    import jax
+
+    from inference.programs.cache import PROGRAMS
+
+    PROGRAMS.clear()
+    jax.clear_caches()

@@ -299,3 +299,33 @@ def test_fingerprint_follows_attributes_of_user_modules():
     finally:
         user_config.SCALE = 1.0
     assert fingerprint(_reads_a_user_module).digest == before
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="memory maps counted on Linux")
+def test_the_program_cache_drops_programs_when_the_process_nears_its_map_limit():
+    # XLA's CPU runtime maps every kernel of a program separately: about a thousand
+    # mappings for a NUTS program, so 64 cached programs reached vm.max_map_count (65530)
+    # and a process (a notebook's; CI's test worker) died in XLA's compiler. A sweep of
+    # every method over the posteriordb models died so after 65 runs. Here a budget
+    # below what the process already holds leaves only the newest entry; a budget above
+    # it keeps them all (up to maxsize). The dropped entry's executable is released: the
+    # process's mappings go down.
+    from inference.programs import cache
+
+    tight = cache.ProgramCache(maxsize=10, map_fraction=1e-9)
+    for i in range(3):
+        tight.put(f"k{i}", object())
+    assert len(tight) == 1 and tight.get("k2") is not None
+    loose = cache.ProgramCache(maxsize=10, map_fraction=1.0)
+    for i in range(3):
+        loose.put(f"k{i}", object())
+    assert len(loose) == 3
+
+    held = cache.ProgramCache(maxsize=10, map_fraction=1.0)
+    program = jax.jit(lambda x: jnp.tanh(x) * 3.0 + jnp.sin(x) ** 2).lower(jnp.ones(7)).compile()
+    held.put("p", program)
+    del program
+    before = cache._memory_maps()
+    held.map_fraction = 1e-9
+    held.put("q", object())  # over budget: "p" goes
+    assert held.get("p") is None and cache._memory_maps() < before

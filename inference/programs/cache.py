@@ -59,15 +59,42 @@ __all__ = ["PROGRAMS", "ProgramCache", "compiling", "Compiling", "compile_progra
            "ProgramKey", "abstract", "environment"]
 
 
+def _memory_maps() -> int | None:
+    """The number of memory mappings of this process (Linux), or ``None``."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
+def _map_limit() -> int | None:
+    """The kernel's limit on a process's memory mappings (``vm.max_map_count``), or ``None``."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 class ProgramCache:
     """A bounded least-recently-used map from program keys to compiled programs.
 
     Each entry also keeps alive the objects its key names by identity (see
     :class:`inference.programs.fingerprint.Fingerprint`), so an id in a key is never reused by
     another object while the entry exists.
+
+    Bounded in entries (``maxsize``) and in memory mappings: XLA's CPU runtime maps each
+    kernel of a program separately (a NUTS program holds about a thousand mappings), and a
+    process that reaches the kernel's ``vm.max_map_count`` (65530 by default) dies in LLVM
+    ("Unable to allocate section memory") or with a segmentation fault. So when the process
+    holds more than ``map_fraction`` of that limit, the least recently used programs are
+    dropped (they compile again if used again) until it holds less, or one is left.
     """
 
-    def __init__(self, maxsize: int = 64):
+    def __init__(self, maxsize: int = 64, map_fraction: float = 0.5):
+        self.map_fraction = float(map_fraction)
+        self._map_limit = _map_limit()
         self.maxsize = int(maxsize)
         self._entries: collections.OrderedDict[str, tuple[Any, tuple]] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -92,6 +119,17 @@ class ProgramCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self.maxsize:
                 self._entries.popitem(last=False)
+            if self._map_limit:
+                budget = self.map_fraction * self._map_limit
+                while len(self._entries) > 1 and (_memory_maps() or 0) > budget:
+                    self._entries.popitem(last=False)  # its executables are freed with it
+                maps = _memory_maps() or 0
+                if maps > 0.8 * self._map_limit:
+                    warnings.warn(
+                        f"this process holds {maps} memory mappings, near the kernel's limit "
+                        f"of {self._map_limit} (vm.max_map_count), mostly of compiled programs "
+                        "kept outside inference's cache; at the limit XLA crashes the process. "
+                        "jax.clear_caches() frees JAX's own.", ResourceWarning, stacklevel=3)
 
     def clear(self) -> None:
         with self._lock:
