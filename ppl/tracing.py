@@ -319,7 +319,9 @@ def unsampleable_sites(trace: dict) -> dict[str, str]:
         try:
             jax.eval_shape(fn.sample, jax.random.key(0))
         except (NotImplementedError, ImportError) as err:
-            out[name] = f"{type(fn).__name__}: {err or type(err).__name__}"
+            reason = str(err) or ("an improper prior, with no sampler"
+                                  if isinstance(err, NotImplementedError) else type(err).__name__)
+            out[name] = f"{type(fn).__name__}: {reason}"
     return out
 
 

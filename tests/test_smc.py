@@ -378,7 +378,8 @@ def test_bad_infer_inputs():
         x = numpyro.sample("x", dist.ImproperUniform(dist.constraints.real, (), ()))
         numpyro.sample("y", dist.Normal(x, 1.0), obs=y)
 
-    with pytest.raises(ModelError, match="cannot be sampled.*'x'.*proper prior"):
+    with pytest.raises(ModelError, match=r"cannot be sampled here \('x': ImproperUniform: an "
+                                         r"improper prior, with no sampler\).*proper prior"):
         inference.infer(improper, y=1.0, method=SMC(num_particles=20), num_samples=10,
                         num_chains=1, progress=False)
 
