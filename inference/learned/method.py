@@ -285,8 +285,8 @@ class Learned(Method):
         except KeyboardInterrupt:
             raise KeyboardInterrupt(
                 "Learned was interrupted during its flow fit: no proposal yet, so no draws"
-                + ("; the same call again resumes the source from its checkpoint and fits "
-                   "the flow again" if checkpoint is not None else "")) from None
+                + ("; the same call again fits the flow again (after resuming a source run "
+                   "from its checkpoint file)" if checkpoint is not None else "")) from None
         return r.flow, r.losses
 
     # -- the infer hook ----------------------------------------------------------------
