@@ -91,12 +91,12 @@ class _Job:
                 stacklevel=warn_level,
             )
         try:
-            # Traced, not run op by op: a prior draw far in the tails can overflow the model's
-            # arithmetic (ARMA's recursion in float32), and NumPyro's argument checks would
-            # then raise on the observed sites' distributions; here only shapes matter, and
-            # the particles' non-finite likelihoods are the tempering's (and its checks') to see.
-            u0 = jax.jit(functools.partial(_prior_draw, model, args, kwargs, sites))(
-                jax.random.key(0))
+            # Traced for its shapes, not run: a prior draw far in the tails can overflow the
+            # model's arithmetic (ARMA's recursion in float32), and NumPyro's argument checks
+            # would then raise on the observed sites' distributions; the particles'
+            # non-finite likelihoods are the tempering's (and its checks') to see.
+            u0_shapes = jax.eval_shape(functools.partial(_prior_draw, model, args, kwargs, sites),
+                                       jax.random.key(0))
         except (NotImplementedError, ImportError) as err:
             bad = unsampleable_sites(self.trace)
             why = "; ".join(f"{n!r}: {r}" for n, r in bad.items()) or f"{err}"
@@ -113,6 +113,7 @@ class _Job:
         else:
             chain_mesh, particle_mesh = None, mesh_for(devices, n, what="particles", owner="SMC")
         if (chain_mesh or particle_mesh) is not None:
+            u0 = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), u0_shapes)
             ops = _lapack_in_smc(method, model, args, kwargs, sites, u0, self.enumeration)
             chain_mesh = cpu_mesh_without_lapack(chain_mesh, ops, "chains", "SMC")
             particle_mesh = cpu_mesh_without_lapack(particle_mesh, ops, "particles", "SMC")
