@@ -48,7 +48,8 @@ from inference.programs.cache import compile_program
 from inference.infer import _check_method, infer
 from inference.methods.nuts import NUTS
 from ppl.errors import ModelError
-from ppl.tracing import check_arguments, model_name, trace_model, unsampleable_sites
+from ppl.tracing import (check_arguments, model_name, site_reasons, trace_model,
+                         unsampleable_sites)
 
 __all__ = ["sbc", "SBCResult", "ranks_of", "uniformity_pvalues", "ecdf_band"]
 
@@ -296,7 +297,7 @@ def _simulate(model: Callable, args: tuple, kwargs: dict, key: jax.Array, num: i
             key=("inference.sbc.simulate", model, static_part((args, kwargs))))
     except (NotImplementedError, ImportError) as err:
         bad = unsampleable_sites(trace_model(model, *args, **kwargs))
-        why = "; ".join(f"{n!r}: {r}" for n, r in bad.items()) or f"{err}"
+        why = site_reasons(bad) or f"{err}"
         raise ModelError(
             f"sbc: cannot simulate from the prior of model {model_name(model)} ({why}); "
             "calibration needs a proper prior with a sampler on every latent site (an "

@@ -399,3 +399,14 @@ def dependent_supports(model: Callable, *args: Any, **kwargs: Any) -> dict[str, 
         if not same:
             out[name] = f"{a!r} at one point, {b!r} at another"
     return out
+
+
+def site_reasons(reasons: dict[str, str]) -> str:
+    """``{site: why}`` as one clause for an error message (what :func:`unsampleable_sites`
+    and :func:`dependent_supports` return).
+
+    Example:
+        >>> site_reasons({"b": "Interval(0, 0.5) at one point"})
+        "'b': Interval(0, 0.5) at one point"
+    """
+    return "; ".join(f"{name!r}: {why}" for name, why in reasons.items())

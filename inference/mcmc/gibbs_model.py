@@ -19,7 +19,8 @@ from numpyro.infer import util as numpyro_util
 from numpyro.infer.initialization import init_to_uniform
 
 from ppl.errors import ModelError
-from ppl.tracing import dependent_supports, latent_sites, model_name, trace_model
+from ppl.tracing import (dependent_supports, latent_sites, model_name, site_reasons,
+                         trace_model)
 
 __all__: list[str] = []
 
@@ -59,7 +60,7 @@ class _Model:
             raise ModelError(
                 f"Gibbs: model {self.name}: the support of latent site(s) {list(dependent)} "
                 "depends on other sites' values ("
-                + "; ".join(f"{n!r}: {d}" for n, d in dependent.items()) + "); Gibbs maps "
+                + site_reasons(dependent) + "); Gibbs maps "
                 "each site's unconstrained position onto one fixed support, which would "
                 "leave out part of the posterior. Reparameterise so that each support is "
                 "fixed (e.g. b = (1 - a) * u with u ~ Uniform(0, 1)), or use NUTS, MALA or "

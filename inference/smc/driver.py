@@ -57,7 +57,7 @@ from inference.sharding import (AXIS, constrain_leading, describe, gather, mesh_
 from inference.smc.checks import cpu_mesh_without_lapack, raise_if_no_likelihood
 from ppl.errors import ModelError
 from ppl.potential import potential as make_potential
-from ppl.tracing import model_name, trace_model, unsampleable_sites
+from ppl.tracing import model_name, site_reasons, trace_model, unsampleable_sites
 
 from inference.smc.model import _lapack_in_smc, _model_terms, _prior_draw, _split_potential
 from inference.smc.tempering import TemperingState, _check_schedule as _schedule, tempering
@@ -99,7 +99,7 @@ class _Job:
                                        jax.random.key(0))
         except (NotImplementedError, ImportError) as err:
             bad = unsampleable_sites(self.trace)
-            why = "; ".join(f"{n!r}: {r}" for n, r in bad.items()) or f"{err}"
+            why = site_reasons(bad) or f"{err}"
             raise ModelError(
                 f"SMC: model {model_name(model)} has a prior that cannot be sampled here "
                 f"({why}). SMC starts from prior draws, so every latent site needs a proper "

@@ -52,7 +52,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import ReshapeTransform, biject_to
 
 from ppl.errors import ModelError
-from ppl.tracing import dependent_supports, model_name
+from ppl.tracing import dependent_supports, model_name, site_reasons
 
 __all__ = ["normal", "mvn", "flow", "latent_site_info", "SiteInfo", "FlowDistribution"]
 
@@ -150,7 +150,7 @@ def latent_site_info(model: Callable, *args: Any, **kwargs: Any) -> OrderedDict[
         raise ModelError(
             f"guide for model {model_name(model)}: the support of latent site(s) "
             f"{list(dependent)} depends on other sites' values ("
-            + "; ".join(f"{n!r}: {d}" for n, d in dependent.items()) + "). A guide maps "
+            + site_reasons(dependent) + "). A guide maps "
             "each site's unconstrained values onto one fixed support, so it would leave out "
             "part of the posterior (silently) or put mass where the density is 0. "
             "Reparameterise so that each support is fixed (e.g. b = (1 - a) * u with "
